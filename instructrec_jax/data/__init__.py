@@ -1,0 +1,1 @@
+"""Readers for interaction logs and item metadata, and their preprocessing into splits."""

@@ -1,0 +1,1 @@
+"""The Flan-T5 encoder-decoder in Flax, its losses and decoding."""

@@ -1,0 +1,1 @@
+"""SeqIO tasks and mixtures for prepared datasets; importing this module registers them."""
