@@ -1,0 +1,294 @@
+"""SASRec (Kang & McAuley, 2018) in JAX/Flax: a causal self-attention model over item-id sequences.
+
+The model reads a left-padded window of item ids (learned item and position embeddings, pre-norm
+causal self-attention blocks) and scores the next item by the dot product between the last
+hidden state and the item's embedding (input and output embeddings shared, as in the paper).
+
+Training uses the training prefixes only (`baselines.training_sequences`): each prefix is cut
+into windows of `max_len + 1` items, every position of a window predicting its next item, the
+windows shifted by a random offset each epoch. Two losses are selectable:
+- ``"bce"`` (default, the SASRec paper): binary cross-entropy of the true next item against ONE
+  negative per position drawn uniformly from the catalogue (moved to the next id when it hits the
+  positive);
+- ``"softmax"``: full cross-entropy over the whole catalogue.
+At evaluation the model sees the example's history (≤ `max_len` most recent items), exactly what
+the LLM's instruction holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from instructrec_jax.baselines import training_sequences
+from instructrec_jax.data.types import SplitExample
+
+LOSSES = ("bce", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    """Model shape and training schedule; defaults reach HR@1 ≈ .6 on ml-100k in about a minute on 2 cores."""
+
+    max_len: int = 20
+    hidden: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+    loss: str = "bce"
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 200
+    max_seconds: float | None = None  # stop earlier when the wall-clock budget is spent
+    seed: int = 0
+
+
+class _Block(nn.Module):
+    hidden: int
+    num_heads: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, mask, *, train: bool):
+        y = nn.LayerNorm(epsilon=1e-8)(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
+        )(y, y, mask=mask)
+        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = nn.LayerNorm(epsilon=1e-8)(x)
+        y = nn.Dense(self.hidden)(y)
+        y = nn.relu(y)
+        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = nn.Dense(self.hidden)(y)
+        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+        return x
+
+
+class SASRecModule(nn.Module):
+    """Hidden state at every position of left-padded id windows (0 = padding, items are 1..num_items)."""
+
+    num_items: int
+    max_len: int
+    hidden: int
+    num_blocks: int
+    num_heads: int
+    dropout: float
+
+    def setup(self):
+        self.item_embedding = nn.Embed(self.num_items + 1, self.hidden, embedding_init=nn.initializers.normal(0.02))
+        self.position_embedding = nn.Embed(self.max_len, self.hidden, embedding_init=nn.initializers.normal(0.02))
+        self.blocks = [_Block(self.hidden, self.num_heads, self.dropout) for _ in range(self.num_blocks)]
+        self.embedding_dropout = nn.Dropout(self.dropout)
+        self.final_norm = nn.LayerNorm(epsilon=1e-8)
+
+    def __call__(self, seq, *, train: bool = False):
+        valid = seq > 0
+        x = self.item_embedding(seq) * math.sqrt(self.hidden)
+        x = x + self.position_embedding(jnp.arange(seq.shape[1]))[None]
+        x = self.embedding_dropout(x, deterministic=not train)
+        x = x * valid[..., None]
+        causal = nn.make_causal_mask(seq)
+        mask = nn.combine_masks(causal, nn.make_attention_mask(valid, valid))
+        for block in self.blocks:
+            x = block(x, mask, train=train)
+            x = x * valid[..., None]  # keep padded positions at zero, as the paper does
+        return self.final_norm(x)
+
+    def item_vectors(self, ids):
+        return self.item_embedding(ids)
+
+
+def _module(config: SASRecConfig, num_items: int) -> SASRecModule:
+    return SASRecModule(
+        num_items=num_items,
+        max_len=config.max_len,
+        hidden=config.hidden,
+        num_blocks=config.num_blocks,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+    )
+
+
+# The jitted functions live at module level with the (hashable) module as a static argument, so
+# fitting twice with the same shapes — e.g. three seeds — compiles once: XLA's CPU compile of a
+# training step costs seconds, far more than the step itself.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(module: SASRecModule, learning_rate: float, rng):
+    params = module.init(rng, jnp.zeros((1, module.max_len), jnp.int32))["params"]
+    return params, _optimizer(learning_rate).init(params)
+
+
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate, b2=0.98)
+
+
+def _loss(module: SASRecModule, loss: str, params, x, y, neg, rng):
+    hidden = module.apply({"params": params}, x, train=True, rngs={"dropout": rng})  # [B, L, D]
+    weight = (y > 0).astype(jnp.float32)
+    if loss == "bce":
+        pos_logit = jnp.sum(hidden * module.apply({"params": params}, y, method=SASRecModule.item_vectors), -1)
+        neg_logit = jnp.sum(hidden * module.apply({"params": params}, neg, method=SASRecModule.item_vectors), -1)
+        per_position = -jax.nn.log_sigmoid(pos_logit) - jax.nn.log_sigmoid(-neg_logit)
+    else:
+        table = params["item_embedding"]["embedding"]  # [N+1, D]
+        logits = hidden @ table.T
+        logits = logits.at[..., 0].set(-1e9)  # padding is never an answer
+        per_position = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
+def _train_step(module: SASRecModule, loss: str, learning_rate: float, params, opt_state, x, y, neg, rng):
+    value, grads = jax.value_and_grad(functools.partial(_loss, module, loss))(params, x, y, neg, rng)
+    updates, opt_state = _optimizer(learning_rate).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _candidate_scores(module: SASRecModule, params, seq, cand):
+    hidden = module.apply({"params": params}, seq)[:, -1]  # [B, D]
+    vectors = module.apply({"params": params}, cand, method=SASRecModule.item_vectors)  # [B, C, D]
+    return jnp.einsum("bd,bcd->bc", hidden, vectors)
+
+
+@dataclasses.dataclass
+class SASRec:
+    """A trained SASRec: scores candidates for histories (items unknown to training score -inf)."""
+
+    config: SASRecConfig
+    index: dict[str, int]  # item id -> 1..num_items
+    params: dict
+    train_seconds: float = 0.0
+    epochs_run: int = 0
+    final_loss: float = float("nan")
+    name: str = "sasrec"
+
+    def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """Left-padded id windows of the last `max_len` known items of each history."""
+        L = self.config.max_len
+        out = np.zeros((len(histories), L), dtype=np.int32)
+        for row, history in enumerate(histories):
+            ids = [self.index[item] for item in history if item in self.index][-L:]
+            if ids:
+                out[row, L - len(ids) :] = ids
+        return out
+
+    def score(
+        self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]], *, batch_size: int = 256
+    ) -> list[np.ndarray]:
+        module = _module(self.config, len(self.index))
+        out: list[np.ndarray] = []
+        seqs = self.encode_histories(histories)
+        # pad the batch and the candidate count to fixed sizes so jit compiles once per size
+        width = max((len(c) for c in candidates), default=0)
+        for start in range(0, len(candidates), batch_size):
+            rows = candidates[start : start + batch_size]
+            cand = np.zeros((batch_size, width), dtype=np.int32)
+            known = np.zeros((batch_size, width), dtype=bool)
+            for r, row in enumerate(rows):
+                for c, item in enumerate(row):
+                    idx = self.index.get(item, 0)
+                    cand[r, c] = idx
+                    known[r, c] = idx > 0
+            seq = np.zeros((batch_size, self.config.max_len), dtype=np.int32)
+            seq[: len(rows)] = seqs[start : start + len(rows)]
+            scores = np.asarray(_candidate_scores(module, self.params, seq, cand), dtype=np.float64)
+            scores = np.where(known, scores, -np.inf)
+            out.extend(scores[r, : len(row)] for r, row in enumerate(rows))
+        return out
+
+
+def _training_windows(prefixes: list[np.ndarray], max_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts each prefix into (input, next-item) windows; the newest window is always kept whole."""
+    inputs, targets = [], []
+    for ids in prefixes:
+        m = len(ids)
+        if m < 2:
+            continue
+        shift = int(rng.integers(0, max_len))
+        end = m
+        while end > 1:
+            start = max(0, end - max_len - 1)
+            window = ids[start:end]
+            x = np.zeros(max_len, dtype=np.int32)
+            y = np.zeros(max_len, dtype=np.int32)
+            x[max_len - (len(window) - 1) :] = window[:-1]
+            y[max_len - (len(window) - 1) :] = window[1:]
+            inputs.append(x)
+            targets.append(y)
+            # the second window overlaps the newest by `shift` positions, so window borders move
+            end = end - max_len + (shift if end == m else 0)
+    return np.stack(inputs), np.stack(targets)
+
+
+def fit_sasrec(
+    train: Sequence[SplitExample],
+    catalogue: Sequence[str] = (),
+    *,
+    config: SASRecConfig | None = None,
+    log_every: int = 0,
+    **overrides,
+) -> SASRec:
+    """Trains SASRec on the training prefixes (Adam, fixed epochs or a wall-clock budget)."""
+    config = dataclasses.replace(config or SASRecConfig(), **overrides)
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown SASRec loss {config.loss!r}; expected one of {LOSSES}")
+    prefixes_by_user = training_sequences(train)
+    items = sorted(set(catalogue) | {item for p in prefixes_by_user.values() for item in p})
+    index = {item: i + 1 for i, item in enumerate(items)}
+    num_items = len(items)
+    prefixes = [np.array([index[item] for item in p], dtype=np.int32) for p in prefixes_by_user.values()]
+
+    module = _module(config, num_items)
+    # 'rbg' keys: XLA compiles their dropout masks several times faster than threefry's on CPU
+    key = jax.random.key(config.seed, impl="rbg")
+    init_key, key = jax.random.split(key)
+    params, opt_state = _init(module, config.learning_rate, init_key)
+
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    epochs_run = 0
+    loss = float("nan")
+    for epoch in range(config.epochs):
+        inputs, targets = _training_windows(prefixes, config.max_len, rng)
+        order = rng.permutation(len(inputs))
+        # drop the ragged tail batch: one compiled shape, and every window is seen most epochs
+        num_batches = max(1, len(order) // config.batch_size)
+        losses = []
+        for b in range(num_batches):
+            sel = order[b * config.batch_size : (b + 1) * config.batch_size]
+            if len(sel) < config.batch_size:
+                sel = np.resize(sel, config.batch_size)
+            x, y = inputs[sel], targets[sel]
+            # one uniformly drawn negative per position, redrawn (shifted) where it hits the positive;
+            # drawn on the host, which keeps the compiled step small
+            neg = rng.integers(1, num_items + 1, size=y.shape, dtype=np.int32)
+            neg = np.where(neg == y, neg % num_items + 1, neg).astype(np.int32)
+            step_key = jax.random.fold_in(key, epoch * num_batches + b)
+            params, opt_state, step_loss = _train_step(
+                module, config.loss, config.learning_rate, params, opt_state, x, y, neg, step_key
+            )
+            losses.append(step_loss)
+        loss = float(np.mean(jax.device_get(losses)))
+        epochs_run = epoch + 1
+        if log_every and epochs_run % log_every == 0:
+            print(f"sasrec epoch {epochs_run} loss {loss:.4f} ({time.perf_counter() - started:.1f}s)", flush=True)
+        if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+            break
+    return SASRec(
+        config=config,
+        index=index,
+        params=params,
+        train_seconds=time.perf_counter() - started,
+        epochs_run=epochs_run,
+        final_loss=loss,
+    )
