@@ -110,7 +110,8 @@ AMAZON2014_REVIEW_LINES = [
                 "summary": "Great", "unixReviewTime": 1252800000, "reviewTime": "09 13, 2009"}),
     "{'reviewerID': 'A2SUAM1J3GNN3B', 'asin': '0000031855', 'overall': 4.0, "
     "'unixReviewTime': 1252886400, 'reviewText': 'Zelda \"classic\" – superb', 'helpful': [0, 0]}",
-    "{'reviewerID': 'A1ANOTHER', 'asin': '0000031853', 'overall': 3.0, 'unixReviewTime': 1252972800}",
+    "{'reviewerID': 'A1ANOTHER', 'asin': '0000031853', 'overall': 3.0, "
+    "'unixReviewTime': 1252972800}",
 ]
 
 

@@ -179,7 +179,8 @@ def test_candidates_are_deterministic_for_a_seed_and_change_with_it():
     config = PreprocessConfig(min_interactions=3, negatives=(9,), seed=1)
     first = prepare_data(make_raw(rows), config)
     again = prepare_data(make_raw(rows), config)
-    other = prepare_data(make_raw(rows), PreprocessConfig(min_interactions=3, negatives=(9,), seed=2))
+    other = prepare_data(make_raw(rows),
+                         PreprocessConfig(min_interactions=3, negatives=(9,), seed=2))
     assert first.candidates == again.candidates
     assert first.search_candidates == again.search_candidates
     assert first.candidates[("test", 9)] != other.candidates[("test", 9)]

@@ -60,7 +60,8 @@ def test_jsonl_records_are_utf8_and_readable_alone(tmp_path):
     assert '"Á köldum klaka (Cold Fever)"' in lines[2]  # UTF-8 text, not ASCII escapes
     first = json.loads((tmp_path / "splits" / "test.jsonl").read_text().splitlines()[0])
     assert set(first) == {"user_id", "history", "target", "position", "timestamp", "review"}
-    candidate = json.loads((tmp_path / "candidates" / "test-neg3.jsonl").read_text().splitlines()[0])
+    candidates = (tmp_path / "candidates" / "test-neg3.jsonl").read_text().splitlines()
+    candidate = json.loads(candidates[0])
     assert candidate["item_ids"][candidate["label_index"]] == first["target"]
 
 

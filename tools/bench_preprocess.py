@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from instructrec_jax.data.preprocess import PreprocessConfig, load_prepared, prepare_data, write_prepared
+from instructrec_jax.data.preprocess import (PreprocessConfig, load_prepared, prepare_data,
+                                             write_prepared)
 from instructrec_jax.data.types import Interaction, Item, RawDataset
 
 

@@ -94,8 +94,10 @@ def _read_ratings(path: Path, separator: str, items: dict[str, Item], errors: Re
     seen = 0
     for number, fields in _rows(path, separator, 4, "user, item, rating, timestamp", errors):
         user = _required(fields, 0, "user", path, number, errors)
-        item = user and _required(fields, 1, "item", path, number, errors)
-        if not item:
+        if user is None:
+            continue
+        item = _required(fields, 1, "item", path, number, errors)
+        if item is None:
             continue
         rating = _number(fields[2], "rating", path, number, errors, float)
         if rating is None:

@@ -230,7 +230,7 @@ def _draw_negatives(rng: np.random.Generator, users: np.ndarray, n: int, n_items
     result[complete] = draws[complete][take[complete]].reshape(-1, n)
     for row in np.flatnonzero(~complete).tolist():
         exclude = set(_user_items(keys, int(users[row]), n_items).tolist())
-        picked = [d for d in draws[row][take[row]].tolist()]
+        picked = draws[row][take[row]].tolist()
         seen = set(picked)
         while len(picked) < n:
             for draw in rng.integers(0, n_items, size=2 * n).tolist():
@@ -287,7 +287,8 @@ def prepare_data(raw: RawDataset, config: PreprocessConfig = PreprocessConfig())
     missing = next((x.item_id for x in log if x.item_id not in raw.items), None)
     if missing is not None:
         raise ValueError(f"{raw.name}: interaction with item {missing!r}, which is not in the "
-                         "catalogue (readers skip these; a hand-built RawDataset must not hold any)")
+                         "catalogue (readers skip these; a hand-built RawDataset must not hold "
+                         "any)")
     skipped = SkipCounts(raw.skipped)
     size = len(log)
     users, user_ids = _codes((x.user_id for x in log), size)
@@ -420,15 +421,16 @@ def _search_splits(sequences: list[UserSequence], sources: list[list[int]], cata
 
 # ---- Writing and reading a prepared dataset (UTF-8 JSON lines) ----
 #
-# prepared.json                       {"format_version", "name", "config", "files"}
-# items.jsonl                         {"item_id", "title", "categories", "brand", "year", "description"}
-# sequences.jsonl                     {"user_id", "item_ids", "timestamps", "ratings", "reviews"}
-# splits/{train,valid,test}.jsonl     {"user_id", "history", "target", "position", "timestamp", "review"}
+# prepared.json           {"format_version", "name", "config", "files"}
+# items.jsonl             {"item_id", "title", "categories", "brand", "year", "description"}
+# sequences.jsonl         {"user_id", "item_ids", "timestamps", "ratings", "reviews"}
+# splits/{train,valid,test}.jsonl
+#                         {"user_id", "history", "target", "position", "timestamp", "review"}
 # candidates/{valid,test}-neg{n}.jsonl         {"user_id", "item_ids", "label_index"}, one per user
 # search/{train,valid,test}.jsonl              as splits/
 # search/candidates-{valid,test}-neg{n}.jsonl  as candidates/, one per target item
-# stats.json                          {"raw": stats, "filtered": stats, "skipped": {reason: n}}
-# stats.md                            PreparedData.stats_markdown()
+# stats.json              {"raw": stats, "filtered": stats, "skipped": {reason: n}}
+# stats.md                PreparedData.stats_markdown()
 
 
 def _item_record(item: Item) -> dict[str, Any]:
@@ -528,15 +530,16 @@ def _read_json(path: Path) -> Any:
 def _read_jsonl(path: Path, build) -> Iterator:
     if not path.is_file():
         raise DataFormatError(path, None, "missing; is this a prepared dataset directory?")
-    with open(path, encoding="utf-8") as handle:
-        number = 0
-        try:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield build(json.loads(line))
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
-            raise DataFormatError(path, number + 1 if isinstance(err, UnicodeDecodeError) else number,
-                                  f"not a valid record ({type(err).__name__}: {err})") from None
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield build(json.loads(line.decode("utf-8")))
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                # ValueError covers JSONDecodeError and UnicodeDecodeError.
+                raise DataFormatError(path, number, f"not a valid record ({type(err).__name__}: "
+                                      f"{err})") from None
 
 
 def load_prepared(directory: str | os.PathLike) -> PreparedData:

@@ -149,7 +149,8 @@ def _read_items(path: Path, separator: str, errors: RecordErrors, strict: bool) 
             title, year = split_title_year(title)
         if not title:
             if strict:
-                raise DataFormatError(path, number, f"item {item!r} has an empty title (strict mode)")
+                raise DataFormatError(path, number,
+                                      f"item {item!r} has an empty title (strict mode)")
             errors.skipped.add(SKIP_UNTITLED_ITEM)
             continue
         categories = ()

@@ -18,7 +18,11 @@ _REVIEWS_NAME = re.compile(r"^(?:reviews_)?(?P<category>.+?)(?:_5)?\.json(?:\.gz
 
 
 def find_meta_file(reviews_path: str | os.PathLike) -> Path:
-    """`meta_<Category>.json(.gz)` next to `<Category>.json(.gz)` or `reviews_<Category>(_5).json.gz`."""
+    """The metadata file next to a reviews file: `meta_<Category>.json(.gz)`.
+
+    The reviews file may be `<Category>.json(.gz)` (2018) or `reviews_<Category>(_5).json.gz`
+    (2014).
+    """
     reviews_path = Path(reviews_path)
     match = _REVIEWS_NAME.match(reviews_path.name)
     category = match.group("category") if match else reviews_path.name.split(".")[0]
@@ -38,7 +42,8 @@ def read_source(kind: str, path: str | os.PathLike | None = None, **options) -> 
     embedded-ml-100k: no path (`cache_dir=` optional). Other options go to the reader.
     """
     if kind not in SOURCES:
-        raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(sorted(SOURCES))}")
+        raise ValueError(f"unknown source kind {kind!r}; expected one of "
+                         f"{', '.join(sorted(SOURCES))}")
     if kind == "embedded-ml-100k":
         if path is not None:
             raise ValueError("embedded-ml-100k takes no path (it is fetched into the cache); "

@@ -22,7 +22,7 @@ ON_ERROR_CHOICES = ("raise", "skip")
 
 
 class RecordErrors:
-    """The on_error policy for bad records: raise a `DataFormatError`, or count the skip by reason."""
+    """The on_error policy for bad records: raise a `DataFormatError`, or count by reason."""
 
     def __init__(self, on_error: str, skipped: SkipCounts):
         if on_error not in ON_ERROR_CHOICES:
@@ -102,7 +102,8 @@ def read_lines(path: str | os.PathLike, errors: RecordErrors, *, encoding: str =
             "download or copy the file again") from None
 
 
-def no_records_error(path: str | os.PathLike, skipped_before: int, skipped_after: int) -> DataFormatError:
+def no_records_error(path: str | os.PathLike, skipped_before: int,
+                     skipped_after: int) -> DataFormatError:
     """The error for a file that gave no usable record, saying whether records were skipped."""
     skipped = skipped_after - skipped_before
     why = f" ({skipped} records skipped as bad input)" if skipped else " (the file is empty)"
