@@ -5,7 +5,7 @@
 The log mimics Amazon Video Games 2018 after 5-core (PAPER.md: 50,546 users, 16,859 items,
 410,907 interactions): Zipf-like item popularity, sequence lengths of at least 5 with a long
 tail, timestamps with ties, a few repeated (user, item) pairs and a short review per
-interaction. Prints the seconds spent in prepare_data, write_prepared and load_prepared.
+interaction. Prints wall and CPU seconds of prepare_data, write_prepared and load_prepared.
 """
 
 from __future__ import annotations
@@ -52,22 +52,24 @@ def main() -> None:
     raw = synthetic_log(args.users, args.interactions, args.items)
     print(f"synthetic log: {len(raw.interactions):,} interactions "
           f"({time.perf_counter() - start:.1f} s to build)")
-    start = time.perf_counter()
-    data = prepare_data(raw, PreprocessConfig())
-    prepare_s = time.perf_counter() - start
+    timings = {}
+
+    def timed(step, call):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = call()
+        timings[step] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return result
+
+    data = timed("prepare_data", lambda: prepare_data(raw, PreprocessConfig()))
     print(data.stats_markdown())
     print(f"train {len(data.train):,}, valid {len(data.valid):,}, test {len(data.test):,}, "
-          f"search {', '.join(f'{k} {len(v):,}' for k, v in data.search.items())}")
+          f"search {', '.join(f'{k} {len(v):,}' for k, v in data.search.items())}\n")
     with tempfile.TemporaryDirectory() as directory:
-        start = time.perf_counter()
-        write_prepared(data, directory)
-        write_s = time.perf_counter() - start
-        start = time.perf_counter()
-        load_prepared(directory)
-        load_s = time.perf_counter() - start
-    print(f"| step | seconds |\n|---|---:|\n| prepare_data | {prepare_s:.1f} |\n"
-          f"| write_prepared | {write_s:.1f} |\n| load_prepared | {load_s:.1f} |")
-
+        timed("write_prepared", lambda: write_prepared(data, directory))
+        timed("load_prepared", lambda: load_prepared(directory))
+    print("| step | wall s | CPU s |\n|---|---:|---:|")
+    for step, (wall, cpu) in timings.items():
+        print(f"| {step} | {wall:.1f} | {cpu:.1f} |")
 
 if __name__ == "__main__":
     main()

@@ -216,14 +216,15 @@ def _draw_negatives(rng: np.random.Generator, users: np.ndarray, n: int, n_items
     accept = float(np.mean(1.0 - sizes / n_items))
     width = int(math.ceil(n / accept * 1.25)) + 8
     draws = rng.integers(0, n_items, size=(len(users), width))
-    wanted = users[:, None] * n_items + draws
-    bad = keys[np.searchsorted(keys, wanted).clip(max=len(keys) - 1)] == wanted
-    # Repeats: a stable sort puts a value's first draw before its later ones.
+    # Within a row, a stable sort puts a value's first draw before its repeats; the sorted rows
+    # also make the membership search cache-friendly (examples usually come in user order).
     order = np.argsort(draws, axis=1, kind="stable")
     ranked = np.take_along_axis(draws, order, axis=1)
-    repeat = np.zeros_like(bad)
-    np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
-    good = ~bad & ~repeat
+    wanted = users[:, None] * n_items + ranked
+    rejected = keys[np.searchsorted(keys, wanted).clip(max=len(keys) - 1)] == wanted
+    rejected[:, 1:] |= ranked[:, 1:] == ranked[:, :-1]
+    good = np.empty_like(rejected)
+    np.put_along_axis(good, order, ~rejected, axis=1)
     take = good & (np.cumsum(good, axis=1) <= n)
     result = np.empty((len(users), n), np.int64)
     complete = take.sum(axis=1) == n
