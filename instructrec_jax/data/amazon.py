@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from instructrec_jax.data.text_lines import RecordErrors, no_records_error, read_lines
-from instructrec_jax.data.types import DataFormatError, Interaction, Item, RawDataset, SkipCounts
+from instructrec_jax.data.types import Interaction, Item, RawDataset, SkipCounts
 
 SKIP_DUPLICATE_ITEM = "duplicate item in metadata"
 SKIP_UNTITLED_ITEM = "item without title"
@@ -201,10 +201,8 @@ def _read_metadata(path: Path, parse, categories_of, year_of, errors: RecordErro
             continue
         title = clean_text(record.get("title"))
         if not title:
-            if strict:
-                raise DataFormatError(path, number, f"item {asin!r} has no title; expected a "
-                                      "non-empty 'title' (strict mode)")
-            errors.skipped.add(SKIP_UNTITLED_ITEM)
+            errors.documented_skip(path, number, SKIP_UNTITLED_ITEM, f"item {asin!r} has no "
+                                   "title; expected a non-empty 'title'", strict=strict)
             continue
         items[asin] = Item(
             item_id=asin,
@@ -255,11 +253,9 @@ def _read_reviews(path: Path, parse, items: dict[str, Item], errors: RecordError
                 continue
         seen += 1
         if asin not in items:
-            if strict:
-                raise DataFormatError(path, number, f"review of item {asin!r}, which has no "
-                                      "metadata; expected every reviewed asin in the metadata "
-                                      "file (strict mode)")
-            errors.skipped.add(SKIP_UNKNOWN_ITEM)
+            errors.documented_skip(path, number, SKIP_UNKNOWN_ITEM, f"review of item {asin!r}, "
+                                   "which has no metadata; expected every reviewed asin in the "
+                                   "metadata file", strict=strict)
             continue
         interactions.append(Interaction(
             user_id=user, item_id=asin, timestamp=timestamp, rating=rating,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from instructrec_jax.data.text_lines import RecordErrors, no_records_error, read_lines
-from instructrec_jax.data.types import DataFormatError, Interaction, Item, RawDataset, SkipCounts
+from instructrec_jax.data.types import Interaction, Item, RawDataset, SkipCounts
 
 SKIP_UNKNOWN_ITEM = "rating of item missing from metadata"
 MALFORMED = "malformed line"
@@ -107,10 +107,8 @@ def _read_ratings(path: Path, separator: str, items: dict[str, Item], errors: Re
             continue
         seen += 1
         if item not in items:
-            if strict:
-                raise DataFormatError(path, number, f"rating of item {item!r}, which is not in "
-                                      "the movie file (strict mode)")
-            errors.skipped.add(SKIP_UNKNOWN_ITEM)
+            errors.documented_skip(path, number, SKIP_UNKNOWN_ITEM, f"rating of item {item!r}, "
+                                   "which is not in the movie file", strict=strict)
             continue
         interactions.append(Interaction(user, item, timestamp, rating))
     if not seen:
@@ -164,20 +162,30 @@ def _read_ml100k_items(path: Path, errors: RecordErrors) -> dict[str, Item]:
     return items
 
 
+def _read_release(directory: Path, files: tuple[str, str, str], read_items,
+                  separators: tuple[str, str], user_columns: tuple[str, ...], name: str,
+                  strict: bool, on_error: str) -> RawDataset:
+    """Reads one MovieLens release from its (ratings, movies, users) files.
+
+    `separators` are those of the ratings and the user file (ml-100k mixes tabs and pipes).
+    """
+    ratings, movies, users = (directory / f for f in files)
+    _check_directory(directory, files[:2])
+    skipped = SkipCounts()
+    errors = RecordErrors(on_error, skipped)
+    items = read_items(movies, errors)
+    interactions = _read_ratings(ratings, separators[0], items, errors, strict)
+    return RawDataset(name=name, interactions=interactions, items=items,
+                      users=_read_users(users, separators[1], user_columns, errors),
+                      skipped=skipped, sources=tuple(str(directory / f) for f in files))
+
+
 def read_ml100k(directory: str | os.PathLike, *, name: str = "ml-100k", strict: bool = False,
                 on_error: str = "raise") -> RawDataset:
     """Reads the unpacked ml-100k folder (u.data, u.item, optional u.user)."""
-    directory = Path(directory)
-    _check_directory(directory, ("u.data", "u.item"))
-    skipped = SkipCounts()
-    errors = RecordErrors(on_error, skipped)
-    items = _read_ml100k_items(directory / "u.item", errors)
-    interactions = _read_ratings(directory / "u.data", "\t", items, errors, strict)
-    users = _read_users(directory / "u.user", "|", ("age", "gender", "occupation", "zip_code"),
-                        errors)
-    return RawDataset(name=name, interactions=interactions, items=items, users=users,
-                      skipped=skipped,
-                      sources=tuple(str(directory / f) for f in ("u.data", "u.item", "u.user")))
+    return _read_release(Path(directory), ("u.data", "u.item", "u.user"), _read_ml100k_items,
+                         ("\t", "|"), ("age", "gender", "occupation", "zip_code"), name,
+                         strict, on_error)
 
 
 def _read_ml1m_items(path: Path, errors: RecordErrors) -> dict[str, Item]:
@@ -198,15 +206,6 @@ def _read_ml1m_items(path: Path, errors: RecordErrors) -> dict[str, Item]:
 def read_ml1m(directory: str | os.PathLike, *, name: str = "ml-1m", strict: bool = False,
               on_error: str = "raise") -> RawDataset:
     """Reads the unpacked ml-1m folder (ratings.dat, movies.dat, optional users.dat)."""
-    directory = Path(directory)
-    _check_directory(directory, ("ratings.dat", "movies.dat"))
-    skipped = SkipCounts()
-    errors = RecordErrors(on_error, skipped)
-    items = _read_ml1m_items(directory / "movies.dat", errors)
-    interactions = _read_ratings(directory / "ratings.dat", "::", items, errors, strict)
-    users = _read_users(directory / "users.dat", "::", ("gender", "age", "occupation", "zip_code"),
-                        errors)
-    return RawDataset(name=name, interactions=interactions, items=items, users=users,
-                      skipped=skipped,
-                      sources=tuple(str(directory / f)
-                                    for f in ("ratings.dat", "movies.dat", "users.dat")))
+    return _read_release(Path(directory), ("ratings.dat", "movies.dat", "users.dat"),
+                         _read_ml1m_items, ("::", "::"), ("gender", "age", "occupation",
+                                                          "zip_code"), name, strict, on_error)

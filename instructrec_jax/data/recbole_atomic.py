@@ -148,10 +148,8 @@ def _read_items(path: Path, separator: str, errors: RecordErrors, strict: bool) 
         if year is None and year_col is not None:
             title, year = split_title_year(title)
         if not title:
-            if strict:
-                raise DataFormatError(path, number,
-                                      f"item {item!r} has an empty title (strict mode)")
-            errors.skipped.add(SKIP_UNTITLED_ITEM)
+            errors.documented_skip(path, number, SKIP_UNTITLED_ITEM,
+                                   f"item {item!r} has an empty title", strict=strict)
             continue
         categories = ()
         if category_col is not None:
@@ -197,10 +195,8 @@ def _read_interactions(path: Path, items: dict[str, Item], errors: RecordErrors,
                 continue
         seen += 1
         if item not in items:
-            if strict:
-                raise DataFormatError(path, number, f"interaction with item {item!r}, which is "
-                                      "not in the .item file (strict mode)")
-            errors.skipped.add(SKIP_UNKNOWN_ITEM)
+            errors.documented_skip(path, number, SKIP_UNKNOWN_ITEM, f"interaction with item "
+                                   f"{item!r}, which is not in the .item file", strict=strict)
             continue
         interactions.append(Interaction(user, item, timestamp, rating))
     if not seen:

@@ -36,6 +36,13 @@ class RecordErrors:
             raise DataFormatError(path, line, f"{reason}: {detail}")
         self.skipped.add(reason)
 
+    def documented_skip(self, path: str | os.PathLike, line: int, reason: str, message: str, *,
+                        strict: bool) -> None:
+        """A skip the reader documents: counted under `reason`, or raised in strict mode."""
+        if strict:
+            raise DataFormatError(path, line, f"{message} (strict mode)")
+        self.skipped.add(reason)
+
 
 def is_gzip(path: str | os.PathLike) -> bool:
     """True when the file starts with the gzip magic bytes."""
