@@ -3,7 +3,9 @@
 Every writer lays down a hand-made core whose values the reader tests check one by one (unicode
 titles such as "Misérables, Les" and "Pokémon", HTML entities, missing optional fields, an item
 without metadata, a duplicate metadata line), and can add a deterministic synthetic block
-(`extra_users`, `extra_items`) so that end-to-end tests have enough data to survive a 5-core filter.
+(`extra_users`, `extra_items`) so that end-to-end tests have enough data to survive a 5-core filter:
+`extra_users=200, extra_items=150` gives about 200 users and 147 items after the default
+PreprocessConfig (5-core, 9 and 99 negatives) in a third of a second.
 """
 
 from __future__ import annotations
