@@ -12,7 +12,8 @@ from instructrec_jax.data.movielens import read_ml100k, read_ml1m
 from instructrec_jax.data.recbole_atomic import read_atomic
 from instructrec_jax.data.types import RawDataset
 
-SOURCES = frozenset({"amazon2018", "amazon2014", "ml-100k", "ml-1m", "recbole", "embedded-ml-100k"})
+SOURCES = frozenset({"amazon2018", "amazon2014", "ml-100k", "ml-1m", "recbole",
+                     "embedded-ml-100k"})
 
 _REVIEWS_NAME = re.compile(r"^(?:reviews_)?(?P<category>.+?)(?:_5)?\.json(?:\.gz)?$")
 
