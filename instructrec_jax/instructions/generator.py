@@ -1,0 +1,492 @@
+"""Turns a prepared dataset into instruction records for every instruction type and split.
+
+What goes where:
+- train: one record per (training example, type) with one template drawn per record
+  (`templates_per_example=k` draws k distinct templates, 'all' uses every template of the type).
+  T3 candidates, the T1 rival and the T0 "no" item are fresh negatives per record, drawn from items
+  the user never touched in their training part (never the shared evaluation sets). T0 alternates
+  "yes" (the true next item) and "no" (a negative) per user, so the labels are balanced.
+- validation/test (types with `evaluated`): one record per (evaluation example, template), for
+  every template of the type, with the shared candidate sets of `PreparedData.candidates`
+  (search types: `search_candidates`), so every method ranks the same items. `_neg99` types hold
+  the 99-negative sets, split into ten groups of ten candidates (`/gNN` in the example id; the
+  paper ranks groups, then reranks the group winners: see `with_candidates`).
+
+No information from validation/test targets reaches training records: training examples come
+from training positions only, their histories precede the target, derived preferences read only
+the history shown, and training negatives exclude only items of the user's training part.
+
+Determinism: each (type, split) has its own `random.Random` seeded from (seed, type, split) and
+walks users in id order, so a type's records do not depend on which other types are generated.
+Speed: item texts, intentions and review sentences are computed once per item or interaction;
+per record there are only dictionary lookups, joins and one `str.format_map`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import random
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+from instructrec_jax.data.types import CandidateSet, Item, SplitExample, UserSequence
+from instructrec_jax.instructions import derive
+from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX, ExampleSource,
+                                                 InstructionRecord, InstructionType, Output,
+                                                 TaskForm, base_type, neg99_name)
+from instructrec_jax.instructions.render import ItemRenderer, join_items, render_catalogue
+from instructrec_jax.instructions.templates import (TEMPLATES_BY_ID, Template, TemplateSlots,
+                                                    slots_for_type, templates_for)
+
+# PreparedData split names → storage split names (SeqIO convention).
+SPLIT_NAMES = {"train": "train", "valid": "validation", "test": "test"}
+GROUP_SIZE = 10  # 99-negative sets are ranked in groups of this many (the paper's protocol)
+RECENT_ITEMS = 3  # how many history items the query+item → history task must recall
+
+ContextFn = Callable[[SplitExample], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorOptions:
+    """How records are generated (see the module docstring).
+
+    types: instruction type names (a `_neg99` name selects that evaluation type); None means all
+    registered types plus the `_neg99` types the data has 99-negative sets for.
+    context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
+    evening in March 1998."), or a function of the example; the sentence is put before the
+    instruction.
+    """
+
+    seed: int = 0
+    types: tuple[str, ...] | None = None
+    renderer: ItemRenderer = ItemRenderer()
+    templates_per_example: int | str = 1
+    max_train_examples_per_type: int | None = None
+    negatives: int = 9
+    context: str | ContextFn | None = None
+
+    def __post_init__(self):
+        k = self.templates_per_example
+        if not (k == "all" or (isinstance(k, int) and k >= 1)):
+            raise ValueError(f"templates_per_example must be a positive int or 'all', got {k!r}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if self.context not in (None, "time") and not callable(self.context):
+            raise ValueError(f"context must be None, 'time' or a function, got {self.context!r}")
+        for name in self.types or ():
+            base_type(name)  # raises KeyError listing the known names
+
+
+def time_context(example: SplitExample) -> str:
+    """A context sentence from the request's time (UTC), e.g. "It is a Saturday evening in March 1998."."""
+    moment = datetime.datetime.fromtimestamp(example.timestamp, datetime.timezone.utc)
+    part = ("night", "morning", "afternoon", "evening")[moment.hour // 6]
+    return f"It is a {moment:%A} {part} in {moment:%B %Y}."
+
+
+class _Catalogue:
+    """Per-dataset precomputation shared by all types: item texts, derived intentions, pools."""
+
+    def __init__(self, data, renderer: ItemRenderer):
+        self.items: Mapping[str, Item] = data.items
+        self.text = render_catalogue(data.items, renderer)
+        self.facts = derive.catalogue_facts(data.items)
+        self.sequences: dict[str, UserSequence] = {s.user_id: s for s in data.sequences}
+        # A user's training part: everything but the last two (the valid and test targets).
+        self.train_items = {s.user_id: frozenset(s.item_ids[: max(len(s) - 2, 0)])
+                            for s in data.sequences}
+        self.pool = tuple(data.items)
+        search_train = data.search.get("train", []) if data.search else []
+        self.search_pool = tuple(sorted({e.target for e in search_train})) or self.pool
+        self._query: dict[str, str] = {}
+        self._vague: dict[str, str] = {}
+        self._sentences: dict[tuple[str, int, bool], str | None] = {}
+
+    def query(self, item_id: str) -> str:
+        value = self._query.get(item_id)
+        if value is None:
+            value = self._query[item_id] = derive.specific_intention(self.items[item_id], self.facts)
+        return value
+
+    def review_sentence(self, user_id: str, position: int, review: str | None,
+                        avoid_title_of: str | None = None) -> str | None:
+        """Salient sentence of the user's review at a sequence position (cached); with
+        `avoid_title_of`, sentences using that item's title words are not eligible."""
+        key = (user_id, position, avoid_title_of is not None)
+        if key not in self._sentences:
+            avoid = derive.title_words(self.items[avoid_title_of]) \
+                if (avoid_title_of is not None and review) else frozenset()
+            self._sentences[key] = derive.salient_sentence(review, avoid)
+        return self._sentences[key]
+
+    def vague(self, example: SplitExample) -> str:
+        """I1 of an example: from the user's review of the target if it has a usable sentence."""
+        if example.review:
+            sentence = self.review_sentence(example.user_id, example.position, example.review,
+                                            avoid_title_of=example.target)
+            if sentence:
+                return derive.vague_intention(self.items[example.target], self.facts, sentence)
+        value = self._vague.get(example.target)
+        if value is None:
+            value = self._vague[example.target] = derive.vague_intention(
+                self.items[example.target], self.facts)
+        return value
+
+
+class _Example:
+    """Lazily derived texts of one example, shared by every type built from it."""
+
+    __slots__ = ("ex", "cat", "_history", "_preference", "_history_items")
+
+    def __init__(self, example: SplitExample, catalogue: _Catalogue):
+        self.ex = example
+        self.cat = catalogue
+        self._history = self._preference = self._history_items = None
+
+    @property
+    def history_items(self) -> list[Item]:
+        if self._history_items is None:
+            self._history_items = [self.cat.items[i] for i in self.ex.history]
+        return self._history_items
+
+    @property
+    def history(self) -> str:
+        if self._history is None:
+            text = self.cat.text
+            self._history = join_items(text[i] for i in self.ex.history)
+        return self._history
+
+    @property
+    def preference(self) -> str:
+        if self._preference is None:
+            ex, cat = self.ex, self.cat
+            sequence = cat.sequences.get(ex.user_id)
+            reviews: list[tuple[float | None, str | None]] = []
+            if sequence is not None and sequence.reviews and any(sequence.reviews):
+                start = ex.position - len(ex.history)
+                for position in range(start, ex.position):
+                    rating = sequence.ratings[position] if sequence.ratings else None
+                    reviews.append((rating, cat.review_sentence(ex.user_id, position,
+                                                                sequence.reviews[position])))
+            self._preference = derive.explicit_preference(self.history_items, cat.facts, reviews)
+        return self._preference
+
+
+class _TypeBuilder:
+    """Builds the records of one instruction type for one split."""
+
+    def __init__(self, itype: InstructionType, name: str, split: str, catalogue: _Catalogue,
+                 options: GeneratorOptions, evaluation: bool):
+        self.itype = itype
+        self.name = name
+        self.split = split
+        self.cat = catalogue
+        self.options = options
+        self.evaluation = evaluation
+        self.templates = templates_for(itype.name)
+        self.slots = slots_for_type(itype.name)
+        self.rng = random.Random(f"{options.seed}|{name}|{split}")
+        self.context: ContextFn | None = (time_context if options.context == "time"
+                                          else options.context)
+        self.pool = catalogue.search_pool if itype.source is ExampleSource.SEARCH else catalogue.pool
+        self._yes_next: dict[str, bool] = {}
+
+    # -- choices drawn per record ------------------------------------------------------------
+    def _choose_templates(self) -> Sequence[Template]:
+        k = self.options.templates_per_example
+        if self.evaluation or k == "all" or k >= len(self.templates):
+            return self.templates
+        if k == 1:
+            return (self.templates[self.rng.randrange(len(self.templates))],)
+        return self.rng.sample(self.templates, k)
+
+    def _negatives(self, user_id: str, target: str, n: int) -> list[str]:
+        """n distinct items outside the user's training part and ≠ target (fewer if the pool is
+        too small to hold n)."""
+        exclude = self.cat.train_items.get(user_id, frozenset())
+        pool, rng = self.pool, self.rng
+        picked: list[str] = []
+        if len(pool) - len(exclude) - 1 < 4 * n:  # small pool: enumerate instead of rejecting
+            allowed = [i for i in pool if i not in exclude and i != target]
+            return rng.sample(allowed, min(n, len(allowed)))
+        size, draw = len(pool), rng.random  # random() is several times cheaper than randrange()
+        while len(picked) < n:
+            item = pool[int(draw() * size)]
+            if item != target and item not in exclude and item not in picked:
+                picked.append(item)
+        return picked
+
+    # -- record assembly ---------------------------------------------------------------------
+    def records(self, example: _Example, candidate_set: CandidateSet | None) -> Iterator[InstructionRecord]:
+        ex, itype, text = example.ex, self.itype, self.cat.text
+        output = itype.output
+        values: dict[str, str] = {}
+        if "history" in self.slots:
+            values["history"] = example.history
+        if "preference" in self.slots:
+            values["preference"] = example.preference
+        if itype.intention.value == "i1":
+            values["intention"] = self.cat.vague(ex)
+        elif itype.intention.value == "i2":
+            values["intention"] = self.cat.query(ex.target)
+        target_text = text[ex.target]
+        values["target"] = target_text
+        target_item = ex.target
+        candidates: tuple[str, ...] = ()
+        label = -1
+
+        if output is Output.YES_NO:
+            yes = self._next_answer(ex.user_id)
+            asked = ex.target if yes else self._negatives(ex.user_id, ex.target, 1)[0]
+            values["item"] = text[asked]
+            values["answer"] = "yes" if yes else "no"
+            candidates, label = (asked,), (0 if yes else -1)
+        elif itype.task_form is TaskForm.T1 and not itype.reversed:
+            rival = self._negatives(ex.user_id, ex.target, 1)[0]
+            label = self.rng.randrange(2)
+            candidates = (ex.target, rival) if label == 0 else (rival, ex.target)
+            values["item_a"], values["item_b"] = text[candidates[0]], text[candidates[1]]
+        elif itype.task_form is TaskForm.T3:
+            if candidate_set is not None:
+                candidates, label = candidate_set.item_ids, candidate_set.label_index
+            else:
+                negatives = self._negatives(ex.user_id, ex.target, self.options.negatives)
+                label = self.rng.randrange(len(negatives) + 1)
+                negatives.insert(label, ex.target)
+                candidates = tuple(negatives)
+            values["candidates"] = join_items(text[c] for c in candidates)
+        if output is Output.QUERY:
+            values["item"], values["query"] = target_text, self.cat.query(ex.target)
+            target_item = ""
+        elif output is Output.QUERY_AND_ITEM:
+            values["query"] = self.cat.query(ex.target)
+        elif output is Output.COMMON:
+            values["common"] = derive.common_traits(example.history_items, self.cat.facts)
+            target_item = ""
+        elif output is Output.PREFERENCE:
+            target_item = ""
+        elif output is Output.HISTORY:
+            values["item"] = target_text
+            values["recent"] = join_items(text[i] for i in ex.history[-RECENT_ITEMS:])
+            target_item = ""
+        elif output is Output.EXPLANATION:
+            values["item"] = target_text
+            values["explanation"] = derive.preference_explanation(
+                self.cat.items[ex.target], target_text, example.history_items, self.cat.facts)
+            target_item = ""
+
+        slots = TemplateSlots(**values)
+        prefix = f"{self.context(ex)} " if self.context is not None else ""
+        base_id = f"{self.split}/{self.name}/{ex.user_id}/{ex.position}"
+        for template in self._choose_templates():
+            inputs, targets = template.render(slots)
+            if candidates and output is not Output.YES_NO:
+                if template.target == "{target}":
+                    candidate_targets = tuple(text[c] for c in candidates)
+                else:
+                    candidate_targets = tuple(template.render_target(slots, text[c])
+                                              for c in candidates)
+            elif candidates:
+                candidate_targets = ("yes",)
+            else:
+                candidate_targets = ()
+            yield InstructionRecord(
+                inputs=prefix + inputs, targets=targets, instruction_type=self.name,
+                template_id=template.template_id, user_id=ex.user_id, target_item=target_item,
+                candidates=candidates, candidate_targets=candidate_targets, label_index=label,
+                example_id=f"{base_id}/{template.template_id}")
+
+    def _next_answer(self, user_id: str) -> bool:
+        """T0 labels alternate per user from a random start: balanced yes/no."""
+        previous = self._yes_next.get(user_id)
+        yes = (self.rng.random() < 0.5) if previous is None else not previous
+        self._yes_next[user_id] = yes
+        return yes
+
+
+def with_candidates(record: InstructionRecord, candidate_ids: Sequence[str],
+                    item_texts: Mapping[str, str], true_item: str | None = None) -> InstructionRecord:
+    """The same T3 instruction listing other candidates (e.g. the winners of the ten 99-negative
+    groups, for the paper's final round). The candidate list is the last occurrence of the old
+    list's text in the inputs (every T3 template lists candidates after the history)."""
+    template = TEMPLATES_BY_ID[record.template_id]
+    if not record.candidates:
+        raise ValueError(f"{record.example_id}: not a candidate-list record")
+    old = join_items(item_texts[c] for c in record.candidates)
+    head, found, tail = record.inputs.rpartition(old)
+    if not found:
+        raise ValueError(f"{record.example_id}: candidate list text not found in the inputs")
+    texts = [item_texts[c] for c in candidate_ids]
+    true_item = record.target_item if true_item is None else true_item
+    label = list(candidate_ids).index(true_item) if true_item in candidate_ids else -1
+    slots = TemplateSlots(target=item_texts[true_item] if true_item in item_texts else "")
+    return dataclasses.replace(
+        record, inputs=head + join_items(texts) + tail, candidates=tuple(candidate_ids),
+        candidate_targets=tuple(template.render_target(slots, t) for t in texts),
+        label_index=label, example_id=record.example_id.rsplit("/g", 1)[0] + "/final")
+
+
+def selected_types(data, types: Iterable[str] | None) -> tuple[str, ...]:
+    """The type names to generate: all registered ones (plus `_neg99` where the data has
+    99-negative sets) when `types` is None, else the given names, validated."""
+    if types is not None:
+        names = tuple(types)
+        for name in names:
+            base_type(name)
+        return names
+    names = list(INSTRUCTION_TYPES)
+    for itype in INSTRUCTION_TYPES.values():
+        if itype.evaluated and itype.task_form is TaskForm.T3 and _neg99_sets(data, itype, "test"):
+            names.append(neg99_name(itype.name))
+    return tuple(names)
+
+
+def _neg99_sets(data, itype: InstructionType, split: str) -> Mapping[str, CandidateSet] | None:
+    source = data.search_candidates if itype.source is ExampleSource.SEARCH else data.candidates
+    return (source or {}).get((split, 99))
+
+
+def _examples(data, source: ExampleSource, split: str) -> list[SplitExample]:
+    if source is ExampleSource.SEARCH:
+        return list((data.search or {}).get(split, []))
+    return list({"train": data.train, "valid": data.valid, "test": data.test}[split])
+
+
+def _candidate_sets(data, itype: InstructionType, split: str, n: int) -> Mapping[str, CandidateSet]:
+    source = data.search_candidates if itype.source is ExampleSource.SEARCH else data.candidates
+    key = (split, n)
+    if key not in (source or {}):
+        raise KeyError(f"the prepared data has no {split} candidate sets with {n} negatives "
+                       f"(it has {sorted(source or {})}); prepare it with negatives including {n}")
+    return source[key]
+
+
+def _by_user(examples: list[SplitExample]) -> list[tuple[int, SplitExample]]:
+    """(index, example) grouped by user in first-appearance order, each user's in original order."""
+    groups: dict[str, list[tuple[int, SplitExample]]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.user_id, []).append((index, example))
+    return [pair for group in groups.values() for pair in group]
+
+
+class _Job:
+    """One (type, split) being generated: its builder, candidate sets and example selection."""
+
+    def __init__(self, data, name: str, split: str, catalogue: _Catalogue,
+                 options: GeneratorOptions, n_examples: int):
+        itype = base_type(name)
+        self.name, self.itype, self.split = name, itype, SPLIT_NAMES[split]
+        self.neg99 = name.endswith(NEG99_SUFFIX)
+        self.builder = _TypeBuilder(itype, name, self.split, catalogue, options,
+                                    evaluation=split != "train")
+        self.sets: Mapping[str, CandidateSet] | None = None
+        if split != "train" and itype.task_form is TaskForm.T3:
+            self.sets = _candidate_sets(data, itype, split, 99 if self.neg99 else
+                                        _smallest_negatives(data, itype, split))
+        self.by_target = itype.source is ExampleSource.SEARCH
+        self.selected: frozenset[int] | None = None
+        limit = options.max_train_examples_per_type
+        if split == "train" and limit is not None and n_examples > limit:
+            rng = random.Random(f"{options.seed}|subsample|{name}")
+            self.selected = frozenset(rng.sample(range(n_examples), limit))
+        # A training example without history gives nothing to describe for these types.
+        self.needs_history = split == "train" and (
+            itype.uses_history or itype.output in (Output.PREFERENCE, Output.COMMON))
+
+    def records(self, index: int, example: _Example) -> Iterator[tuple[str, str, InstructionRecord]]:
+        if self.selected is not None and index not in self.selected:
+            return
+        ex = example.ex
+        if self.needs_history and not ex.history:
+            return
+        name, split = self.name, self.split
+        if self.sets is None:
+            for record in self.builder.records(example, None):
+                yield name, split, record
+            return
+        key = ex.target if self.by_target else ex.user_id
+        candidate_set = self.sets.get(key)
+        if candidate_set is None:
+            raise KeyError(f"no {split} candidate set for {key!r} ({name}); the prepared data "
+                           "is inconsistent")
+        if not self.neg99:
+            for record in self.builder.records(example, candidate_set):
+                yield name, split, record
+            return
+        for group_index, group in enumerate(_groups(candidate_set)):
+            for record in self.builder.records(example, group):
+                yield name, split, dataclasses.replace(
+                    record, example_id=f"{record.example_id}/g{group_index:02d}")
+
+
+def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
+                      ) -> Iterator[tuple[str, str, InstructionRecord]]:
+    """Yields (type name, split, record) for every selected type and split (module docstring).
+
+    Streams: nothing but per-dataset caches is held, so a Games-sized log can be written to disk
+    without keeping millions of records in memory. Splits are 'train', 'validation', 'test'.
+    Examples are walked once per split and source, every type building its records from the same
+    derived texts; each type's records come out in the same order as if it were generated alone.
+    """
+    catalogue = _Catalogue(data, options.renderer)
+    names = selected_types(data, options.types)
+    for name in names:
+        itype = base_type(name)
+        if name.endswith(NEG99_SUFFIX) and not (itype.evaluated and itype.task_form is TaskForm.T3):
+            raise ValueError(f"{name}: only evaluated reranking (T3) types have _neg99 variants")
+    for split in ("train", "valid", "test"):
+        for source in ExampleSource:
+            active = []
+            for name in names:
+                itype = base_type(name)
+                neg99 = name.endswith(NEG99_SUFFIX)
+                wanted = (split != "train") if neg99 else (split == "train" or itype.evaluated)
+                if itype.source is source and wanted:
+                    active.append(name)
+            if not active:
+                continue
+            examples = _examples(data, source, split)
+            jobs = [_Job(data, name, split, catalogue, options, len(examples)) for name in active]
+            for index, example in _by_user(examples):
+                shared = _Example(example, catalogue)
+                for job in jobs:
+                    yield from job.records(index, shared)
+
+
+def _smallest_negatives(data, itype: InstructionType, split: str) -> int:
+    """The default evaluation sets: 9 negatives when prepared, else the smallest count there is."""
+    source = data.search_candidates if itype.source is ExampleSource.SEARCH else data.candidates
+    counts = sorted(n for s, n in (source or {}) if s == split)
+    if not counts:
+        raise KeyError(f"the prepared data has no {split} candidate sets")
+    return 9 if 9 in counts else counts[0]
+
+
+def _groups(candidate_set: CandidateSet) -> list[CandidateSet]:
+    ids = candidate_set.item_ids
+    groups = []
+    for start in range(0, len(ids), GROUP_SIZE):
+        chunk = ids[start:start + GROUP_SIZE]
+        inside = start <= candidate_set.label_index < start + GROUP_SIZE
+        groups.append(CandidateSet(candidate_set.user_id, chunk,
+                                   candidate_set.label_index - start if inside else -1))
+    return groups
+
+
+def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = None,
+                          renderer: ItemRenderer | str = "title",
+                          templates_per_example: int | str = 1,
+                          max_train_examples_per_type: int | None = None, negatives: int = 9,
+                          context: str | ContextFn | None = None
+                          ) -> dict[str, dict[str, list[InstructionRecord]]]:
+    """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
+    options = GeneratorOptions(
+        seed=seed, types=None if types is None else tuple(types),
+        renderer=ItemRenderer(renderer) if isinstance(renderer, str) else renderer,
+        templates_per_example=templates_per_example,
+        max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
+        context=context)
+    out: dict[str, dict[str, list[InstructionRecord]]] = {}
+    for name, split, record in iter_instructions(data, options):
+        out.setdefault(name, {}).setdefault(split, []).append(record)
+    return out

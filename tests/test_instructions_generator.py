@@ -1,0 +1,261 @@
+"""The instruction generator on a small hand-made store run through the real preprocessing."""
+
+import collections
+
+import pytest
+
+from instructrec_jax.data.types import Item
+from instructrec_jax.instructions.format import INSTRUCTION_TYPES, SCENARIOS, TaskForm
+from instructrec_jax.instructions.generator import (GeneratorOptions, generate_instructions,
+                                                    iter_instructions, time_context,
+                                                    with_candidates)
+from instructrec_jax.instructions.render import ItemRenderer, id_token, join_items
+from instructrec_jax.instructions.templates import TEMPLATES, templates_for
+
+from instruction_fixtures import store_data
+
+
+@pytest.fixture(scope="module")
+def data():
+    return store_data()
+
+
+@pytest.fixture(scope="module")
+def records(data):
+    return generate_instructions(data, seed=0)
+
+
+def _sequences(data):
+    return {s.user_id: s for s in data.sequences}
+
+
+def test_every_type_and_template_is_instantiated(records):
+    assert set(INSTRUCTION_TYPES) <= set(records)
+    used = {r.template_id for by_split in records.values() for rs in by_split.values() for r in rs}
+    assert used == {t.template_id for t in TEMPLATES}
+
+
+def test_evaluated_types_have_validation_and_test_the_others_only_train(records):
+    for name, itype in INSTRUCTION_TYPES.items():
+        expected = {"train", "validation", "test"} if itype.evaluated else {"train"}
+        assert set(records[name]) == expected, name
+    for name in records:
+        if name.endswith("_neg99"):
+            assert set(records[name]) == {"validation", "test"}
+
+
+def test_same_seed_same_records_other_seed_other_records(data, records):
+    again = generate_instructions(data, seed=0)
+    assert again == records
+    other = generate_instructions(data, seed=1)
+    assert other["p1_i0_t3"]["train"] != records["p1_i0_t3"]["train"]
+    # Evaluation sets are the prepared data's, whatever the generator's seed.
+    assert other["p1_i0_t3"]["test"] == records["p1_i0_t3"]["test"]
+
+
+def test_a_types_records_do_not_depend_on_the_other_types_generated(data, records):
+    alone = generate_instructions(data, seed=0, types=["p1_i0_t0"])
+    assert alone["p1_i0_t0"] == records["p1_i0_t0"]
+
+
+def test_training_uses_one_record_per_example_and_type(data, records):
+    assert len(records["p1_i0_t3"]["train"]) == len(data.train)
+    assert len(records["p0_i2_t3"]["train"]) == len(data.search["train"])
+
+
+def test_evaluation_has_one_record_per_example_and_template_with_the_shared_sets(data, records):
+    for type_name in SCENARIOS.values():
+        itype = INSTRUCTION_TYPES[type_name]
+        n_templates = len(templates_for(type_name))
+        for split, key in (("validation", "valid"), ("test", "test")):
+            rs = records[type_name][split]
+            search = type_name.startswith("p0")
+            examples = data.search[key] if search else getattr(data, key)
+            assert len(rs) == len(examples) * n_templates
+            sets = (data.search_candidates if search else data.candidates)[(key, 9)]
+            for r in rs:
+                cset = sets[r.target_item if search else r.user_id]
+                assert r.candidates == cset.item_ids and r.label_index == cset.label_index
+                assert r.candidates[r.label_index] == r.target_item
+            assert collections.Counter(r.template_id for r in rs) == {
+                t.template_id: len(examples) for t in templates_for(type_name)}
+        assert itype.task_form is TaskForm.T3
+
+
+def test_candidate_targets_are_what_the_decoder_is_scored_on(data, records):
+    text = {i: item.title for i, item in data.items.items()}
+    for name, by_split in records.items():
+        for r in (r for rs in by_split.values() for r in rs):
+            if r.label_index >= 0 and INSTRUCTION_TYPES[name.removesuffix("_neg99")].task_form \
+                    in (TaskForm.T1, TaskForm.T3):
+                assert r.candidate_targets[r.label_index] == r.targets
+                assert r.candidate_targets == tuple(text[c] for c in r.candidates)
+                if len(r.candidates) > 2:
+                    assert join_items(text[c] for c in r.candidates) in r.inputs
+                else:
+                    assert all(text[c] in r.inputs for c in r.candidates)
+
+
+def test_training_negatives_are_fresh_unseen_and_never_the_target(data, records):
+    sequences = _sequences(data)
+    for r in records["p1_i0_t3"]["train"]:
+        assert len(r.candidates) == 10 and len(set(r.candidates)) == 10
+        assert r.candidates[r.label_index] == r.target_item
+        seen = set(sequences[r.user_id].item_ids[:-2])
+        for k, c in enumerate(r.candidates):
+            if k != r.label_index:
+                assert c not in seen
+    positions = collections.Counter(r.label_index for r in records["p1_i0_t3"]["train"])
+    assert len(positions) == 10  # the answer is not always in the same slot
+
+
+def test_no_validation_or_test_target_enters_a_users_training_records(data, records):
+    sequences = _sequences(data)
+    for name, by_split in records.items():
+        for r in by_split.get("train", ()):
+            if INSTRUCTION_TYPES[name].source.value != "sequential":
+                continue
+            held_out = sequences[r.user_id].item_ids[-2:]
+            assert r.target_item not in held_out
+            # the history (and anything derived from it) precedes the target
+            position = int(r.example_id.split("/")[3])
+            assert position <= len(sequences[r.user_id]) - 3
+
+
+def test_explicit_preference_reads_only_the_history_shown():
+    # Make one user's test target an item of a category nobody else has: no preference, in
+    # training or evaluation, may mention it (it is never in a history shown).
+    import dataclasses
+    patched = store_data()
+    sequence = patched.sequences[0]
+    secret = Item("SECRET", "Secret", ("Video Games", "PC", "Underwater Basket Weaving"))
+    patched.items = {**patched.items, "SECRET": secret}
+    patched.sequences[0] = dataclasses.replace(sequence, item_ids=sequence.item_ids[:-1] + ("SECRET",))
+    test_example = next(i for i, e in enumerate(patched.test) if e.user_id == sequence.user_id)
+    patched.test[test_example] = dataclasses.replace(patched.test[test_example], target="SECRET")
+    for n in (9, 99):
+        cset = patched.candidates[("test", n)][sequence.user_id]
+        ids = list(cset.item_ids)
+        ids[cset.label_index] = "SECRET"
+        patched.candidates[("test", n)][sequence.user_id] = dataclasses.replace(cset, item_ids=tuple(ids))
+    out = generate_instructions(patched, types=["rev_history_to_preference", "p1p2_i0_t3",
+                                                "p2_i0_t3", "p1_i0_t2_cot"])
+    texts = [r.inputs + r.targets for by_split in out.values() for rs in by_split.values() for r in rs]
+    assert sum("Secret" in t for t in texts) >= 3  # it is there, as a candidate and a target
+    assert not any("Underwater" in t for t in texts)
+
+
+def test_pointwise_labels_are_balanced_and_name_the_asked_item(data, records):
+    rs = records["p1_i0_t0"]["train"]
+    answers = collections.Counter(r.targets for r in rs)
+    assert set(answers) == {"yes", "no"}
+    assert abs(answers["yes"] - answers["no"]) <= len(data.sequences)  # alternating per user
+    for r in rs:
+        asked = data.items[r.candidates[0]].title
+        assert asked in r.inputs and r.candidate_targets == ("yes",)
+        assert (r.targets == "yes") == (r.candidates[0] == r.target_item) == (r.label_index == 0)
+
+
+def test_pairwise_offers_the_true_item_and_one_negative(records):
+    for r in records["p1_i0_t1"]["train"]:
+        assert len(r.candidates) == 2 and r.candidates[r.label_index] == r.target_item
+
+
+def test_chain_of_thought_target_states_the_preference_then_the_item(data, records):
+    for r in records["p1_i0_t2_cot"]["train"][:20]:
+        assert r.targets.startswith("Enjoys ") or r.targets.startswith("Prefers ")
+        assert r.targets.endswith("So the next item is: " + data.items[r.target_item].title)
+
+
+def test_vague_intentions_quote_reviews_but_never_the_targets_title(data, records):
+    # The fixture's review "This quest was great fun..." may be quoted, except for "Quest" items.
+    quoted = collections.Counter()
+    for name in ("p1_i1_t3", "p0_i1_t3"):
+        for r in records[name]["train"]:
+            is_quest = data.items[r.target_item].title.startswith("Quest")
+            if "This quest was great fun" in r.inputs.split("Candidates")[0]:
+                quoted[is_quest] += 1
+    assert quoted[False] > 0 and quoted[True] == 0
+
+
+def test_product_search_query_is_the_category_path(data, records):
+    for r in records["p0_i2_t3"]["test"]:
+        path = ", ".join(data.items[r.target_item].categories)
+        assert path in r.inputs
+
+
+def test_reversed_tasks_have_text_targets(data, records):
+    from instructrec_jax.instructions.derive import catalogue_facts, specific_intention
+    facts = catalogue_facts(data.items)
+    search = {(e.user_id, e.position): e for e in data.search["train"]}
+    for r in records["rev_item_to_query"]["train"][:20]:
+        example = search[(r.user_id, int(r.example_id.split("/")[3]))]
+        assert r.targets == specific_intention(data.items[example.target], facts)
+        assert data.items[example.target].title in r.inputs and r.target_item == ""
+    sequences = _sequences(data)
+    for r in records["rev_query_item_to_history"]["train"][:20]:
+        position = int(r.example_id.split("/")[3])
+        recent = sequences[r.user_id].item_ids[max(0, position - 3):position]
+        assert r.targets == join_items(data.items[i].title for i in recent)
+    for r in records["rev_history_to_next_query"]["train"][:20]:
+        title = data.items[r.target_item].title
+        assert r.targets.endswith(f". Item: {title}") or r.targets.endswith(f". Choice: {title}")
+
+
+def test_neg99_records_rank_ten_groups_of_ten(data, records):
+    rs = [r for r in records["p1_i0_t3_neg99"]["test"] if r.template_id == "pref-01"]
+    by_user = collections.defaultdict(list)
+    for r in rs:
+        by_user[r.user_id].append(r)
+    for user, groups in by_user.items():
+        assert [r.example_id.rsplit("/", 1)[1] for r in groups] == [f"g{k:02d}" for k in range(10)]
+        full = data.candidates[("test", 99)][user]
+        assert sum((r.candidates for r in groups), ()) == full.item_ids
+        assert sum(r.label_index >= 0 for r in groups) == 1
+
+
+def test_with_candidates_builds_the_final_round(data, records):
+    text = {i: item.title for i, item in data.items.items()}
+    groups = [r for r in records["p1_i0_t3_neg99"]["test"] if r.template_id == "pref-02"][:10]
+    winners = [g.candidates[max(g.label_index, 0)] for g in groups]
+    final = with_candidates(groups[0], winners, text)
+    assert final.candidates == tuple(winners)
+    assert final.candidates[final.label_index] == groups[0].target_item
+    assert join_items(text[w] for w in winners) in final.inputs
+    assert final.example_id.endswith("/final")
+    history = join_items(text[i] for i in data.test[0].history)
+    assert final.inputs.startswith(groups[0].inputs.split(history)[0] + history)
+
+
+def test_example_ids_are_unique(records):
+    ids = [r.example_id for by_split in records.values() for rs in by_split.values() for r in rs]
+    assert len(ids) == len(set(ids))
+
+
+def test_all_templates_per_example_and_a_cap_on_training_examples(data):
+    out = generate_instructions(data, types=["p1_i0_t3"], templates_per_example="all",
+                                max_train_examples_per_type=50)
+    train = out["p1_i0_t3"]["train"]
+    assert len(train) == 50 * 3
+    assert len({r.example_id.rsplit("/", 1)[0] for r in train}) == 50
+
+
+def test_id_token_renderer_writes_tokens_everywhere(data):
+    out = generate_instructions(data, types=["p1_i0_t3"], renderer=ItemRenderer("id_token"))
+    r = out["p1_i0_t3"]["test"][0]
+    assert r.targets == id_token(r.target_item) == r.candidate_targets[r.label_index]
+    assert all(id_token(c) in r.inputs for c in r.candidates)
+    assert not any(data.items[c].title in r.inputs for c in r.candidates)
+
+
+def test_time_context_prefixes_the_instruction(data):
+    out = generate_instructions(data, types=["p1_i0_t2"], context="time")
+    r = out["p1_i0_t2"]["validation"][0]
+    example = data.valid[0]
+    assert r.inputs.startswith(time_context(example) + " ")
+    assert time_context(example).startswith("It is a ")
+
+
+def test_unknown_type_is_an_error_listing_the_known_ones(data):
+    with pytest.raises(KeyError, match="p1_i0_t3"):
+        list(iter_instructions(data, GeneratorOptions(types=("p9_i9_t9",))))
