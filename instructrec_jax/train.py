@@ -61,6 +61,8 @@ class TrainSummary:
     final_step: int
     resumed_from: int | None
     last_metrics: dict[str, float]
+    losses: tuple[tuple[int, float], ...]  # (step, loss) of every step this run took
+    state: Any = None  # the final TrainState (arrays in their shardings)
     preempted: bool = False
 
 
@@ -181,6 +183,7 @@ def train(
 
     preempted = _PreemptionFlag()
     last_metrics: dict[str, float] = {}
+    history: list[tuple[int, float]] = []
     pending: list[tuple[int, Any]] = []  # (step number the metrics belong to, device metrics)
     window = _ThroughputWindow()
     step = start_step
@@ -194,16 +197,16 @@ def train(
             step += 1
             pending.append((step, metrics))
             if step == start_step + 1:
-                last_metrics = _check_and_collect(pending.pop(), checkpointer, window)
+                last_metrics = _check_and_collect(pending.pop(), checkpointer, window, history)
                 window.restart()  # keep compilation out of the throughput figures
             # Check the previous step's loss while this one runs: exact step, no pipeline stall.
             while len(pending) > 1:
-                last_metrics = _check_and_collect(pending.pop(0), checkpointer, window)
+                last_metrics = _check_and_collect(pending.pop(0), checkpointer, window, history)
             stop = step == total_steps or preempted.is_set() or (
                 stop_event_for_tests is not None and stop_event_for_tests(step))
             if step % log_every == 0 or stop or step % checkpoint_cfg.period == 0:
                 while pending:
-                    last_metrics = _check_and_collect(pending.pop(0), checkpointer, window)
+                    last_metrics = _check_and_collect(pending.pop(0), checkpointer, window, history)
             if step % log_every == 0 or step == total_steps:
                 rates = window.rates(padded_tokens)
                 _log_line(step, total_steps, last_metrics, rates)
@@ -212,7 +215,7 @@ def train(
                                            if k in _SUMMARY_NAMES}, **rates})
                 window.restart()
             if step % checkpoint_cfg.period == 0 or stop:
-                _save(checkpointer, step, state, batches, meta)
+                _save(checkpointer, step, state, batches, {**meta, "metrics": last_metrics})
             if eval_fn is not None and step % eval_period == 0:
                 eval_metrics = eval_fn(state.params)
                 log.info("train_eval step %d: %s", step, _format_metrics(eval_metrics))
@@ -232,7 +235,7 @@ def train(
     if is_chief:
         _write_config(out_dir)  # the operative config is complete once everything has run
     return TrainSummary(model_dir, start_step, step, resumed_from, last_metrics,
-                        preempted=preempted.is_set())
+                        tuple(history), state, preempted=preempted.is_set())
 
 
 def _initial_state(model, optimizer, partitioner, rng, init_shapes, state_shardings, abstract_state,
@@ -256,7 +259,7 @@ def _initial_state(model, optimizer, partitioner, rng, init_shapes, state_shardi
     return partitioner.jit(init, in_shardings=(), out_shardings=state_shardings)()
 
 
-def _check_and_collect(entry, checkpointer, window) -> dict[str, float]:
+def _check_and_collect(entry, checkpointer, window, history) -> dict[str, float]:
     step, metrics = entry
     values = {name: float(value) for name, value in jax.device_get(metrics).items()}
     loss = values.get("loss", float("nan"))
@@ -268,6 +271,7 @@ def _check_and_collect(entry, checkpointer, window) -> dict[str, float]:
             "Lower the learning rate, check the data, or restart from that checkpoint."
         )
     window.add(values)
+    history.append((step, loss))
     return values
 
 
@@ -539,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup = distributed.maybe_initialize(args)
         log.info("process %d of %d (%s)", setup.process_index, setup.process_count, setup.reason)
+        gin.clear_config()  # a second main() in one process starts from a clean configuration
         gin_flags.configure_gin(gin_flags.gin_flags_from_args(args))
         summary = train()
     except _USER_ERRORS as error:
