@@ -471,3 +471,12 @@ class Transformer(nn.Module):
                            encoder_segment_ids, decoder_segment_ids, decoder_positions,
                            enable_dropout=enable_dropout, decode=decode,
                            max_decode_length=max_decode_length)
+
+
+def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """'a/b/kernel' -> shape for every parameter of `Transformer(config)` (traced, nothing allocated)."""
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    variables = jax.eval_shape(
+        lambda t: Transformer(config).init(jax.random.PRNGKey(0), t, t), tokens)
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(variables["params"]))[0]
+    return {"/".join(str(entry.key) for entry in path): tuple(leaf.shape) for path, leaf in flat}
