@@ -1,0 +1,223 @@
+"""Likelihood ranking: shared-encoder scores equal full passes; known-score cases for every option."""
+
+import math
+
+import numpy as np
+import pytest
+
+from instructrec_jax import ranking
+from instructrec_jax.instructions.format import InstructionRecord
+from ranking_fixtures import CharTokenizer, KnownScoreModel, tiny_model_and_params
+
+
+def _record(inputs, targets, label, template="t1", example_id=None, candidates=None, user="u"):
+    candidates = candidates or tuple(f"item{k}" for k in range(len(targets)))
+    return InstructionRecord(
+        inputs=inputs, targets=targets[label] if label >= 0 else "", instruction_type="p1_i0_t3",
+        template_id=template, user_id=user, target_item=candidates[label] if label >= 0 else "",
+        candidates=tuple(candidates), candidate_targets=tuple(targets), label_index=label,
+        example_id=example_id or f"test/p1_i0_t3/{user}/1/{template}",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model_and_params()
+
+
+def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny):
+    model, params = tiny
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4))
+    # two input buckets (<= 32 and <= 64 tokens) and two target buckets (<= 16, <= 64)
+    inputs = [
+        "The user watched: Heat; Casino. What comes next?",
+        "short",
+        "third one, medium length",
+        "A longer instruction that lists several candidates",
+        "fifth",
+    ]
+    targets = [
+        ["Toy Story", "Jumanji", "Heat", "GoldenEye", "A", "Four Rooms"],
+        ["x", "yy", "a considerably longer candidate title", "zz", "w", "v"],
+        ["Se7en", "Babe", "Dead Man Walking", "Clueless", "Restoration", "Richard III"],
+        ["Casino", "Sabrina", "Sudden Death", "Balto", "Nixon", "Othello"],
+        ["Persuasion", "Copycat", "Assassins", "Powder", "Leaving Las Vegas", "Now and Then"],
+    ]
+    shared = scorer.log_likelihoods(inputs, targets)
+    full = scorer.log_likelihoods_full_pass(inputs, targets, batch_size=8)
+    for (sums, counts), reference, cands in zip(shared, full, targets):
+        np.testing.assert_allclose(sums, reference, rtol=0, atol=1e-5)
+        assert list(counts) == [len(c) + 1 for c in cands]  # characters + EOS
+        assert np.all(sums < 0)
+    # real differences between candidates: the test cannot pass with constant scores
+    assert np.ptp(shared[0][0]) > 1e-3
+
+
+def test_scores_use_few_compiled_shapes(tiny):
+    model, params = tiny
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4))
+    inputs = [f"input number {k} " + "x" * k for k in range(12)]  # 16..27 tokens with EOS
+    targets = [["a", "bb", "ccc", "a candidate title of forty characters...", "Babe", "Heat"] for _ in inputs]
+    scorer.log_likelihoods(inputs, targets)
+    # 12 inputs of different lengths, one compiled shape (3 calls of 4 instructions); the same
+    # shape as a group of the test above, so the module-level jit cache is hit
+    assert scorer.compiled_shapes == {(4, 32, 6, 64)}
+
+
+def test_input_is_trimmed_with_eos_kept_last():
+    tok = CharTokenizer()
+    assert ranking.tokenize(tok, "abcdef", 4) == tok.encode("abc") + [1]
+    assert ranking.tokenize(tok, "ab", None) == tok.encode("ab") + [1]
+
+
+def test_known_scores_sum_prefers_short_targets_and_the_bonus():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=2))
+    # input starts with "h": the bonus goes to targets starting with "h"
+    (out,) = scorer.score(["hello"], [["hat", "hippopotamus", "ox", "cat"]])
+    sums, counts, prior, final = out
+    np.testing.assert_array_equal(counts, [4, 13, 3, 4])
+    np.testing.assert_allclose(sums, [-4 + 5, -13 + 5, -3, -4])
+    assert prior is None
+    np.testing.assert_allclose(final, sums)
+
+
+def test_known_scores_mean_normalises_by_length():
+    cfg = ranking.ScoringConfig(reduction="mean", batch_size=2)
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
+    (out,) = scorer.score(["hello"], [["hat", "hippopotamus", "ox", "cat"]])
+    np.testing.assert_allclose(out[3], [1 / 4, -8 / 13, -1.0, -1.0])
+
+
+def test_neutral_input_prior_is_subtracted_with_its_weight():
+    cfg = ranking.ScoringConfig(prior="neutral_input", prior_weight=0.5, neutral_input="h", batch_size=2)
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
+    (out,) = scorer.score(["cow"], [["hat", "cat", "ox"]])
+    sums, _, prior, final = out
+    np.testing.assert_allclose(sums, [-4, -4 + 5, -3])
+    np.testing.assert_allclose(prior, [-4 + 5, -4, -3])  # the neutral input "h" favours "hat"
+    np.testing.assert_allclose(final, sums - 0.5 * prior)
+
+
+def test_item_log_prior_uses_the_given_table():
+    table = ranking.popularity_log_prior({"a": 3, "b": 1}, ["a", "b", "c"])
+    assert table["a"] == pytest.approx(math.log(4 / 7))
+    assert table["c"] == pytest.approx(math.log(1 / 7))
+    cfg = ranking.ScoringConfig(prior="item_log_prior", prior_weight=-1.0, batch_size=2)
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg, item_log_prior=table)
+    (out,) = scorer.score(["zzz"], [["xx", "yy", "ww"]], [["a", "b", "c"]])
+    np.testing.assert_allclose(out[3], np.array([-3, -3, -3]) + np.log([4 / 7, 2 / 7, 1 / 7]))
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="reduction"):
+        ranking.ScoringConfig(reduction="max")
+    with pytest.raises(ValueError, match="prior"):
+        ranking.ScoringConfig(prior="uniform")
+    with pytest.raises(ValueError, match="item_log_prior"):
+        ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(prior="item_log_prior"))
+
+
+def test_evaluator_on_known_scores_gives_hand_computed_metrics():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    records = [
+        # sum scores: hat 1, hippo -8, ox -3, cat -4 -> true "hat" ranks 1
+        _record("hello", ["hat", "hippopotamus", "ox", "cat"], 0, template="A", user="u1"),
+        # true "cat" (-4): above it hat (1), ox (-3) -> rank 3
+        _record("hello", ["hat", "hippopotamus", "ox", "cat"], 3, template="A", user="u2"),
+        # true "bb" (-3) ties with "cc" (-3): pessimistic rank 2 ("a" -2 is above both) -> rank 3
+        _record("zz", ["a", "bb", "cc", "dddd"], 1, template="B", user="u3"),
+    ]
+    results = ranking.evaluate_scored(scorer.score_records(records))
+    assert results.overall["HR@1"] == pytest.approx(1 / 3)
+    assert results.overall["HR@3"] == pytest.approx(1.0)
+    assert results.overall["NDCG@3"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert results.by_template["A"]["HR@1"] == pytest.approx(0.5)
+    assert results.by_template["B"]["HR@1"] == 0.0
+    assert results.by_template["B"]["NDCG@3"] == pytest.approx(0.5)
+    assert ranking.best_template(results, "NDCG@3") == "A"
+    expected = ranking.evaluate_scored(scorer.score_records(records), tie_rule="expected")
+    assert expected.by_template["B"]["NDCG@3"] == pytest.approx((1 / math.log2(3) + 0.5) / 2)
+
+
+def test_length_bias_flips_the_winner_between_sum_and_mean():
+    records = [_record("q", ["ab", "qrstuvwxyz"], 1)]
+    summed = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=1))
+    mean = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(reduction="mean", batch_size=1))
+    # sum: ab = -3, qrst.. = -11 + 5 = -6 -> the short wrong one wins; mean: -1 vs -6/11 -> true wins
+    assert ranking.evaluate_scored(summed.score_records(records)).overall["HR@1"] == 0.0
+    assert ranking.evaluate_scored(mean.score_records(records)).overall["HR@1"] == 1.0
+
+
+def test_best_template_breaks_ties_by_id():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=2))
+    records = [_record("h", ["hat", "cat"], 0, template="t9"), _record("h", ["hat", "cat"], 0, template="t2")]
+    assert ranking.best_template(ranking.evaluate_scored(scorer.score_records(records))) == "t2"
+
+
+def _grouped_records():
+    # 3 groups of 3 for one example; the true item "hx" is in group 1 at index 2
+    groups = [["aaaa", "bbbbb", "cccccc"], ["dd", "eeeee", "hx"], ["ffff", "g", "iiiiii"]]
+    recs = []
+    for g, targets in enumerate(groups):
+        label = 2 if g == 1 else -1
+        cands = tuple(targets)
+        recs.append(_record("hello", targets, label, candidates=cands, example_id=f"test/x_neg99/u/5/t1/g{g:02d}"))
+    return recs
+
+
+def test_direct_protocol_ranks_all_groups_together():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scored = scorer.score_records(_grouped_records())
+    # scores: aaaa -5 bbbbb -6 cccccc -7 | dd -3 eeeee -6 hx -3+5=2 | ffff -5 g -2 iiiiii -7
+    m = ranking.rank_groups(scored, protocol="direct")
+    assert m["HR@1"] == 1.0 and m.num_examples == 1 and m.num_candidates == (9,)
+
+
+def test_grouped_protocol_reranks_group_winners():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scored = scorer.score_records(_grouped_records())
+    example = ranking.collect_groups(scored)[0]
+    assert example.key == "test/x_neg99/u/5/t1" and example.label_index == 5
+    winners = ranking.group_winners(example)
+    assert winners == ["aaaa", "hx", "g"]
+    seen = []
+
+    def rerank(ex, wins):
+        seen.append(list(wins))
+        # a final round that puts "g" first, the true item second
+        return ranking.ScoredCandidates(ex.key + "/final", tuple(wins), wins.index("hx"), np.zeros(3), np.ones(3),
+                                        None, np.array([0.0, 1.0, 2.0]))
+
+    m = ranking.rank_groups(scored, protocol="groups", rerank=rerank)
+    assert seen == [["aaaa", "hx", "g"]]
+    assert m["HR@1"] == 0.0 and m["HR@3"] == 1.0
+    assert m["NDCG@3"] == pytest.approx(1 / math.log2(3))
+
+
+def test_true_item_eliminated_in_its_group_misses_every_cutoff():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    recs = _grouped_records()
+    # make the true item long so that "dd" wins group 1
+    recs[1] = _record("hello", ["dd", "eeeee", "xxxxxxxxx"], 2, candidates=("dd", "eeeee", "xxxxxxxxx"),
+                      example_id="test/x_neg99/u/5/t1/g01")
+    scored = scorer.score_records(recs)
+
+    def rerank(ex, wins):
+        return ranking.ScoredCandidates(ex.key, tuple(wins), -1, np.zeros(3), np.ones(3), None, np.array([2.0, 1.0, 0.0]))
+
+    m = ranking.rank_groups(scored, protocol="groups", rerank=rerank)
+    assert m["HR@5"] == 0.0 and m["NDCG@5"] == 0.0
+
+
+def test_group_winner_ties_go_against_the_true_item_unless_optimistic():
+    s = ranking.ScoredCandidates("e/g00", ("a", "b"), 1, np.zeros(2), np.ones(2), None, np.array([1.0, 1.0]))
+    ex = ranking.GroupedExample("e", (s,))
+    assert ranking.group_winners(ex, "pessimistic") == ["a"]
+    assert ranking.group_winners(ex, "optimistic") == ["b"]
+
+
+def test_records_without_a_true_item_are_refused_by_the_plain_evaluator():
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scored = scorer.score_records(_grouped_records())
+    with pytest.raises(ValueError, match="rank_groups"):
+        ranking.evaluate_scored(scored)
