@@ -176,6 +176,13 @@ def test_setup_pins_jax_tpu_to_the_requested_version_and_branch(fake):
     assert '"jax[tpu]==0.10.1" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html' in command
 
 
+def test_setup_runs_the_after_setup_command_in_the_project_with_the_venv_on_path(fake):
+    assert tpu(["setup", *VM, *GIT, "--after-setup=instructrec prepare --source=embedded-ml-100k"]) == 0
+    (argv,) = fake.calls()
+    assert argv[-1] == (SETUP_GIT + '; cd "$HOME/instructrec-jax" && export PATH="$HOME/instructrec-venv/bin":'
+                        '"$PATH" && instructrec prepare --source=embedded-ml-100k')
+
+
 def test_setup_from_sdist_uploads_then_unpacks_and_installs(fake, tmp_path):
     sdist = tmp_path / "instructrec-jax-0.1.0.tar.gz"
     sdist.write_bytes(b"not really a tarball")
@@ -201,6 +208,12 @@ def test_train_with_create_and_git_runs_create_then_setup_then_launch(fake):
     assert fake.calls()[0] == [*BASE, "create", "flan-xl", "--zone=us-central2-b",
                                "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"]
     assert fake.calls()[2][-1] == LAUNCH_XL
+
+
+def test_train_setup_installs_before_launching_and_git_alone_does_not(fake):
+    assert tpu([*TRAIN, *GIT]) == 0
+    assert tpu([*TRAIN, *GIT, "--setup"]) == 0
+    assert fake.verbs() == ["launch", "setup", "launch"]
 
 
 def test_train_passes_env_run_name_and_trailing_program_arguments(fake):
@@ -303,6 +316,10 @@ def test_dry_run_prints_exactly_the_commands_a_real_run_executes(fake, capsys):
         "# create the spot TPU VM flan-xl (v4-32, 4 hosts)",
         "# install instructrec-jax and jax[tpu]==0.10.2 on every worker",
         "# launch run xl on every worker (log: ~/instructrec-logs/xl.log)"]
+    for command in commands:  # what the workers run is valid shell
+        if "--command" in command:
+            remote = command[command.index("--command") + 1]
+            assert subprocess.run(["bash", "-n", "-c", remote], capture_output=True).returncode == 0, remote
     assert tpu(argv) == 0
     assert [["gcloud", *call] for call in fake.calls()] == commands
 
@@ -339,6 +356,8 @@ def test_dry_run_needs_no_gcloud_and_shows_the_watch_plan(fake, monkeypatch, tmp
     (["train", *VM, "--accelerator-type=v4-32", '--gin.MODEL_DIR="gs://b/r"'], "--gin_file is required"),
     (["train", *VM, "--accelerator-type=v4-32", *GIN, "--gin.TRAIN_STEPS"], "expected --gin.NAME=VALUE"),
     ([*TRAIN, "--watch"], "say where the workers get the project"),
+    ([*TRAIN, "--create"], "say where the workers get the project"),
+    ([*TRAIN, "--setup"], "say where the workers get the project"),
     (["watch", *VM, "--accelerator-type=v4-32", *GIN], "say where the workers get the project"),
     ([*TRAIN, "--git=../instructrec-jax"], "expected a URL the workers can clone"),
     ([*TRAIN, "--sdist=dist/missing.tar.gz"], "no such file"),
@@ -347,6 +366,7 @@ def test_dry_run_needs_no_gcloud_and_shows_the_watch_plan(fake, monkeypatch, tmp
     ([*TRAIN, "--worker=first"], "--worker='first'"),
     (["eval", *VM, "--accelerator-type=v4-8", "--gin_file=gin/runs/eval.gin"], "--run is required"),
     (["setup", *VM], "--git=URL"),
+    (["setup", *VM, "--after-setup=true"], "--after-setup runs after installing"),
     (["setup", *VM, *GIT, "--jax-version=latest; rm -rf /"], "--jax-version="),
     (["setup", *VM, *GIT, "--remote-dir=../etc"], "--remote-dir='../etc'"),
     (["scp", *VM, "missing.txt", ":x"], "missing.txt: no such file"),
@@ -451,16 +471,16 @@ def test_watch_recreates_a_preempted_spot_vm_and_exits_when_the_run_is_done(fake
                 probe=[probe("running", "running", "running", "running"),
                        probe(*["exited 0"] * 4)])
     assert tpu(WATCH) == 0
-    assert fake.verbs() == ["setup", "launch",
+    assert fake.verbs() == ["launch",
                             "describe", "probe",  # running
                             "describe", "delete", "create", "setup", "launch",  # preempted
                             "describe",  # creating
                             "describe", "probe"]  # done
     calls = fake.calls()
-    assert calls[6] == [*BASE, "create", "flan-xl", "--zone=us-central2-b", "--accelerator-type=v4-32",
+    assert calls[5] == [*BASE, "create", "flan-xl", "--zone=us-central2-b", "--accelerator-type=v4-32",
                         "--version=tpu-ubuntu2204-base", "--spot"]
-    assert calls[1] == calls[8]  # the same launch command, resumed by the trainer from MODEL_DIR
-    assert calls[1][-1] == LAUNCH_XL
+    assert calls[0] == calls[7]  # the same launch command, resumed by the trainer from MODEL_DIR
+    assert calls[0][-1] == LAUNCH_XL
 
 
 def test_watch_relaunches_a_run_missing_on_one_worker_without_recreating(fake):

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--git", dest="git_url", help="git URL the workers clone the project from")
     source.add_argument("--branch", help="branch or tag to clone (default: the repository's default)")
     source.add_argument("--sdist", help="local source distribution (.tar.gz) uploaded to the workers instead")
+    source.add_argument("--after-setup", default="", metavar="COMMAND",
+                        help="shell command run on every worker after installing, in the project folder "
+                             "with the virtualenv first on PATH (e.g. `instructrec prepare …`)")
     source.add_argument("--jax-version", default=None,
                         help="jax[tpu] version to install (default: the project's pinned jax)")
 
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common, create, layout, source, run, follow], help=text,
                            epilog="Everything after `--` is passed to the program unchanged; "
                                   "--gin.NAME=VALUE words are passed as given.")
-        p.add_argument("--create", action="store_true", help="create the TPU VM first")
+        p.add_argument("--create", action="store_true", help="create the TPU VM first (implies --setup)")
+        p.add_argument("--setup", action="store_true", help="install the project (--git/--sdist) first")
         p.add_argument("--watch", action="store_true", help="then watch it and re-launch after preemptions")
     sub.add_parser("watch", parents=[common, create, layout, source, run, follow],
                    help="watch a launched training run and re-launch it after preemptions")
@@ -179,6 +183,8 @@ def project_jax_version() -> str:
 def _source(args: argparse.Namespace, *, required: bool) -> InstallSource | None:
     if args.git_url and args.sdist:
         raise TpuUsageError("give either --git or --sdist, not both")
+    if args.after_setup and not (args.git_url or args.sdist):
+        raise TpuUsageError("--after-setup runs after installing: it needs --git or --sdist")
     if args.branch and not args.git_url:
         raise TpuUsageError("--branch needs --git")
     if args.git_url:
@@ -282,13 +288,15 @@ def _deployment(args: argparse.Namespace, gin_words: list[str], passthrough: lis
     vm = _vm(args)
     accelerator = _accelerator(args)
     spot_like = args.spot or args.preemptible
-    needs_source = args.command == "watch" or getattr(args, "watch", False)
+    # A source is needed to install now (--create/--setup) or on a recreated VM (watch).
+    needs_source = args.command == "watch" or any(getattr(args, f, False) for f in ("watch", "create", "setup"))
     source = _source(args, required=needs_source)
     run = _run_spec(args, gin_words, passthrough, accelerator, spot_like)
     return Deployment(vm=vm, accelerator=accelerator,
                       runtime_version=args.version or accelerator.default_runtime,
                       spot=args.spot, preemptible=args.preemptible, layout=_layout(args), source=source,
-                      jax_version=args.jax_version or project_jax_version(), run=run,
+                      jax_version=args.jax_version or project_jax_version(),
+                      after_setup=args.after_setup, run=run,
                       run_worker=check_worker(args.worker))
 
 
@@ -311,7 +319,9 @@ def _launch(args: argparse.Namespace, gin_words: list[str], passthrough: list[st
     if args.command != "watch":
         if args.create:
             steps += deployment.create_steps()
-        steps += deployment.setup_steps() + deployment.launch_steps()
+        if args.create or args.setup:
+            steps += deployment.setup_steps()
+        steps += deployment.launch_steps()
     gcloud = Gcloud(dry_run=args.dry_run, out=out)
     status = _run_steps(gcloud, steps)
     if status != 0 or not watching:
@@ -414,9 +424,9 @@ def run_command(argv: Sequence[str], out: TextIO) -> int:
                            spot=args.spot, preemptible=args.preemptible).create_steps()
     elif args.command == "setup":
         layout = RemoteLayout(args.remote_dir, args.venv, args.log_dir, args.python)
-        deployment = Deployment(vm, layout=layout,
-                                source=_source(args, required=True),
-                                jax_version=args.jax_version or project_jax_version())
+        deployment = Deployment(vm, layout=layout, source=_source(args, required=True),
+                                jax_version=args.jax_version or project_jax_version(),
+                                after_setup=args.after_setup)
         steps = deployment.setup_steps()
     elif args.command == "logs":
         if args.lines < 1:

@@ -37,6 +37,7 @@ class Deployment:
     layout: RemoteLayout = RemoteLayout()
     source: InstallSource | None = None
     jax_version: str = ""
+    after_setup: str = ""  # shell command run on every worker after installing
     run: RunSpec | None = None
     run_worker: str = "all"
 
@@ -59,7 +60,8 @@ class Deployment:
             steps.append(("upload the source distribution to every worker",
                           self.vm.scp([self.source.sdist], f"{self.vm.name}:{REMOTE_SDIST}", "all")))
         steps.append((f"install instructrec-jax and jax[tpu]=={self.jax_version} on every worker",
-                      self.vm.ssh("all", setup_command(self.layout, self.source, self.jax_version))))
+                      self.vm.ssh("all", setup_command(self.layout, self.source, self.jax_version,
+                                                       self.after_setup))))
         return steps
 
     def launch_steps(self) -> list[Step]:

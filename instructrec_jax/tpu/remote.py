@@ -95,8 +95,12 @@ def remote_quote(word: str) -> str:
     return shlex.quote(word)
 
 
-def setup_command(layout: RemoteLayout, source: InstallSource, jax_version: str) -> str:
-    """Installs Python, the project (editable) and `jax[tpu]` from the libtpu index on a worker."""
+def setup_command(layout: RemoteLayout, source: InstallSource, jax_version: str, after_setup: str = "") -> str:
+    """Installs Python, the project (editable) and `jax[tpu]` from the libtpu index on a worker.
+
+    `after_setup` (e.g. preparing the dataset, which every host reads locally) then runs in the
+    project folder with the virtualenv's `bin` first on PATH.
+    """
     if not re.match(r"^[0-9][0-9A-Za-z.+-]*$", jax_version):
         raise TpuUsageError(f"--jax-version={jax_version!r}: expected a version such as 0.10.2")
     project = layout.home(layout.project_dir)
@@ -125,6 +129,8 @@ def setup_command(layout: RemoteLayout, source: InstallSource, jax_version: str)
         f"{layout.venv_python} -m pip install -q -e {project} "
         f"\"jax[tpu]=={jax_version}\" -f {LIBTPU_INDEX}",
     ]
+    if after_setup:
+        steps.append(f"cd {project} && export PATH={layout.home(layout.venv + '/bin')}:\"$PATH\" && {after_setup}")
     return "; ".join(steps)
 
 
