@@ -10,7 +10,6 @@ order differs) and the losses agree to float rounding.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
