@@ -108,50 +108,69 @@ def _int64_feature(values: Iterable[int]) -> bytes:
     return _delimited(b"\x1a", _delimited(b"\n", b"".join(_varint(v) for v in values)))
 
 
-# Entries of short, often repeated values (type names, template ids, user and item ids, labels).
-_ENTRY_CACHE: dict[tuple[str, Any], bytes] = {}
-_ENTRY_CACHE_LIMIT = 1_000_000
+# Encoding is the writer's hot path (millions of records): the key of each map entry is
+# precomputed, and the encoded form of short strings that repeat (item texts, ids, type names,
+# template ids) is cached.
+_KEY = {name: _delimited(b"\n", name.encode()) + b"\x12"
+        for name in STRING_FIELDS + LIST_FIELDS + INT_FIELDS}
+_VALUES: dict[str, bytes] = {}  # string -> BytesList value field (tag, length, utf-8)
+_VALUES_LIMIT = 2_000_000
+_CACHED_MAX_CHARS = 200
 
 
-def _cached_entry(name: str, value: Any) -> bytes:
-    key = (name, value)
-    entry = _ENTRY_CACHE.get(key)
-    if entry is None:
-        if name == "label_index":
-            entry = _entry(name, _int64_feature((value,)))
-        elif name in LIST_FIELDS:
-            entry = _entry(name, _bytes_feature(v.encode("utf-8") for v in value))
-        else:
-            entry = _entry(name, _bytes_feature((value.encode("utf-8"),)))
-        if len(_ENTRY_CACHE) < _ENTRY_CACHE_LIMIT:
-            _ENTRY_CACHE[key] = entry
-    return entry
+def _value(text: str) -> bytes:
+    data = text.encode("utf-8")
+    encoded = b"\n" + _varint(len(data)) + data
+    if len(text) <= _CACHED_MAX_CHARS and len(_VALUES) < _VALUES_LIMIT:
+        _VALUES[text] = encoded
+    return encoded
 
 
-def _string_entry(name: str, value: str) -> bytes:
-    return _entry(name, _bytes_feature((value.encode("utf-8"),)))
+_LABELS: dict[int, bytes] = {}
+
+
+def _label_entry(label: int) -> bytes:
+    packed = _varint(label)
+    int64_list = b"\n" + _varint(len(packed)) + packed
+    feature = b"\x1a" + _varint(len(int64_list)) + int64_list
+    entry = _KEY["label_index"] + _varint(len(feature)) + feature
+    _LABELS[label] = encoded = b"\n" + _varint(len(entry)) + entry
+    return encoded
+
+
+def _bytes_entry(name: str, bytes_list: bytes) -> bytes:
+    feature = b"\n" + _varint(len(bytes_list)) + bytes_list
+    entry = _KEY[name] + _varint(len(feature)) + feature
+    return b"\n" + _varint(len(entry)) + entry
 
 
 def encode_record(record: InstructionRecord) -> bytes:
     """The serialized tf.train.Example of a record (features in a fixed order)."""
+    get = _VALUES.get
+    label_entry = _LABELS.get(record.label_index) or _label_entry(record.label_index)
     features = b"".join((
-        _string_entry("inputs", record.inputs),
-        _string_entry("targets", record.targets),
-        _cached_entry("instruction_type", record.instruction_type),
-        _cached_entry("template_id", record.template_id),
-        _cached_entry("user_id", record.user_id),
-        _cached_entry("target_item", record.target_item),
-        _string_entry("example_id", record.example_id),
-        _entry("candidates", _bytes_feature(v.encode("utf-8") for v in record.candidates)),
-        _entry("candidate_targets",
-               _bytes_feature(v.encode("utf-8") for v in record.candidate_targets)),
-        _cached_entry("label_index", record.label_index),
+        _bytes_entry("inputs", _value(record.inputs)),
+        _bytes_entry("targets", get(record.targets) or _value(record.targets)),
+        _bytes_entry("instruction_type",
+                     get(record.instruction_type) or _value(record.instruction_type)),
+        _bytes_entry("template_id", get(record.template_id) or _value(record.template_id)),
+        _bytes_entry("user_id", get(record.user_id) or _value(record.user_id)),
+        _bytes_entry("target_item", get(record.target_item) or _value(record.target_item)),
+        _bytes_entry("example_id", _value(record.example_id)),
+        _bytes_entry("candidates", b"".join([get(v) or _value(v) for v in record.candidates])),
+        _bytes_entry("candidate_targets",
+                     b"".join([get(v) or _value(v) for v in record.candidate_targets])),
+        label_entry,
     ))
-    return _delimited(b"\n", features)
+    return b"\n" + _varint(len(features)) + features
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    result, shift = byte & 0x7F, 7
+    pos += 1
     while True:
         byte = data[pos]
         pos += 1
@@ -161,62 +180,88 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a message: bytes for length-delimited, int for varint."""
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 2:
-            length, pos = _read_varint(data, pos)
-            yield number, wire, data[pos:pos + length]
-            pos += length
-        elif wire == 0:
-            value, pos = _read_varint(data, pos)
-            yield number, wire, value
-        elif wire == 1:
-            yield number, wire, data[pos:pos + 8]
-            pos += 8
-        elif wire == 5:
-            yield number, wire, data[pos:pos + 4]
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+def _skip(data: bytes, pos: int, wire: int) -> int:
+    """Position after a field's value of the given wire type (for fields we do not read)."""
+    if wire == 0:
+        return _read_varint(data, pos)[1]
+    if wire == 2:
+        length, pos = _read_varint(data, pos)
+        return pos + length
+    if wire == 1:
+        return pos + 8
+    if wire == 5:
+        return pos + 4
+    raise ValueError(f"unsupported protobuf wire type {wire}")
 
 
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _feature_values(data: bytes, start: int, end: int, key: str) -> list:
+    """The values of one Feature message in data[start:end]: bytes or ints."""
+    values: list = []
+    pos = start
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        if tag == 0x0A or tag == 0x1A:  # bytes_list (1) or int64_list (3), length-delimited
+            length, pos = _read_varint(data, pos)
+            stop = pos + length
+            while pos < stop:
+                inner, pos = _read_varint(data, pos)
+                if inner == 0x0A:  # value(1), length-delimited: bytes, or packed int64s
+                    size, pos = _read_varint(data, pos)
+                    if tag == 0x0A:
+                        values.append(data[pos:pos + size])
+                        pos += size
+                    else:
+                        packed_end = pos + size
+                        while pos < packed_end:
+                            number, pos = _read_varint(data, pos)
+                            values.append(_signed(number))
+                elif inner == 0x08 and tag == 0x1A:  # one unpacked int64
+                    number, pos = _read_varint(data, pos)
+                    values.append(_signed(number))
+                else:
+                    pos = _skip(data, pos, inner & 7)
+        elif tag == 0x12:
+            raise ValueError(f"feature {key!r}: float lists are not instruction fields")
+        else:
+            pos = _skip(data, pos, tag & 7)
+    return values
+
+
 def decode_example(data: bytes) -> dict[str, list]:
     """A serialized tf.train.Example as {feature name: list of bytes or ints} (floats unsupported)."""
     out: dict[str, list] = {}
-    for number, _, features in _fields(data):
-        if number != 1:
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        if tag != 0x0A:  # Example.features (1)
+            pos = _skip(data, pos, tag & 7)
             continue
-        for number, _, entry in _fields(features):
-            if number != 1:
+        length, pos = _read_varint(data, pos)
+        features_end = pos + length
+        while pos < features_end:
+            tag, pos = _read_varint(data, pos)
+            length, pos = _read_varint(data, pos)
+            entry_end = pos + length
+            if tag != 0x0A:  # Features.feature (1): map entries
+                pos = entry_end
                 continue
             key, values = "", []
-            for number, _, part in _fields(entry):
-                if number == 1:
-                    key = part.decode("utf-8")
-                elif number == 2:
-                    for kind, _, payload in _fields(part):
-                        if kind == 1:  # BytesList
-                            values = [v for n, _, v in _fields(payload) if n == 1]
-                        elif kind == 3:  # Int64List, packed or not
-                            values = []
-                            for n, wire, v in _fields(payload):
-                                if wire == 2:
-                                    pos = 0
-                                    while pos < len(v):
-                                        item, pos = _read_varint(v, pos)
-                                        values.append(_signed(item))
-                                else:
-                                    values.append(_signed(v))
-                        elif kind == 2:
-                            raise ValueError(f"feature {key!r}: float lists are not instruction fields")
+            while pos < entry_end:
+                field, pos = _read_varint(data, pos)
+                if field == 0x0A:  # key
+                    size, pos = _read_varint(data, pos)
+                    key = data[pos:pos + size].decode("utf-8")
+                    pos += size
+                elif field == 0x12:  # value: Feature
+                    size, pos = _read_varint(data, pos)
+                    values = _feature_values(data, pos, pos + size, key)
+                    pos += size
+                else:
+                    pos = _skip(data, pos, field & 7)
             out[key] = values
     return out
 

@@ -1,0 +1,141 @@
+"""`instructrec prepare`: the whole dataset directory, written atomically, from real-format files."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+from instructrec_jax import prepare as prepare_module
+from instructrec_jax.instructions import storage
+from instructrec_jax.instructions.format import INSTRUCTION_TYPES, SCENARIOS
+from instructrec_jax.instructions.templates import TEMPLATES
+
+from fixture_files import write_ml100k
+
+
+@pytest.fixture(scope="module")
+def ml_dir(tmp_path_factory):
+    return write_ml100k(tmp_path_factory.mktemp("raw"), extra_users=160, extra_items=150)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_vocabulary_sample():
+    # The vocabulary sees a few MB of instructions by default; a few hundred keep tests quick.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
+        yield
+
+
+@pytest.fixture(scope="module")
+def prepared(ml_dir, tmp_path_factory, small_vocabulary_sample):
+    out = tmp_path_factory.mktemp("prepared")
+    lines = []
+    path = prepare_module.prepare("ml-100k", ml_dir, out, name="Tiny-ML", vocab_size=2000,
+                                  max_train_examples_per_type=400, log=lines.append)
+    return path, "\n".join(lines)
+
+
+def test_dataset_folder_is_the_names_letters_and_digits(prepared):
+    path, _ = prepared
+    assert path.name == "tinyml"
+    assert prepare_module.dataset_folder_name("ml-100k") == "ml100k"
+
+
+def test_output_holds_data_instructions_vocabulary_and_manifest(prepared):
+    path, _ = prepared
+    for name in ("items.jsonl", "splits/train.jsonl", "candidates/test-neg9.jsonl",
+                 "candidates/test-neg99.jsonl", "stats.json", "spiece.model", "manifest.json",
+                 "instructions/item_texts.json"):
+        assert (path / name).is_file(), name
+    manifest = storage.read_manifest(path)
+    assert manifest["name"] == "Tiny-ML" and manifest["vocabulary"] == "spiece.model"
+    assert manifest["scenarios"] == SCENARIOS
+    assert manifest["renderer"] == {"style": "title", "max_title_words": None}
+    assert set(INSTRUCTION_TYPES) <= set(manifest["instructions"])
+    assert 300 < manifest["vocabulary_size"] <= 2000
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_manifest_counts_match_the_shards_and_cover_all_39_templates(prepared):
+    path, _ = prepared
+    manifest = storage.read_manifest(path)
+    seen_templates = set()
+    for type_name, splits in manifest["instructions"].items():
+        for split, entry in splits.items():
+            records = list(storage.read_instructions(path, type_name, split))
+            assert len(records) == entry["num_examples"] > 0
+            assert sum(entry["templates"].values()) == entry["num_examples"]
+            assert {r.instruction_type for r in records} == {type_name}
+            seen_templates |= set(entry["templates"])
+    assert seen_templates == {t.template_id for t in TEMPLATES}
+
+
+def test_statistics_and_counts_are_printed(prepared):
+    path, text = prepared
+    assert "| raw |" in text and "5-core" in text
+    assert "| p1_i0_t3 |" in text and "| pref-01 (p1_i0_t3) |" in text
+    assert f"prepared dataset: {path}" in text
+
+
+def test_existing_dataset_is_kept_without_overwrite(prepared, ml_dir):
+    path, _ = prepared
+    before = (path / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_module.prepare("ml-100k", ml_dir, path.parent, name="Tiny-ML", log=lambda m: None)
+    assert (path / "manifest.json").read_bytes() == before
+
+
+def test_failure_midway_leaves_nothing_under_the_final_name(ml_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full (injected)")
+
+    monkeypatch.setattr(prepare_module, "train_vocabulary", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        prepare_module.prepare("ml-100k", ml_dir, tmp_path, name="broken", log=lambda m: None,
+                               types=["p1_i0_t3"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_overwrite_keeps_the_old_dataset(prepared, ml_dir, monkeypatch, tmp_path):
+    import shutil
+    old = tmp_path / "tinyml"
+    shutil.copytree(prepared[0], old)
+    monkeypatch.setattr(prepare_module.storage, "write_item_texts",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("injected")))
+    with pytest.raises(OSError, match="injected"):
+        prepare_module.prepare("ml-100k", ml_dir, tmp_path, name="Tiny-ML", overwrite=True,
+                               log=lambda m: None, types=["p1_i0_t3"])
+    assert json.loads((old / "manifest.json").read_text())["name"] == "Tiny-ML"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tinyml"]
+
+
+def test_cli_with_options(ml_dir, tmp_path, capsys):
+    code = prepare_module.main([
+        "--source", "ml-100k", "--path", str(ml_dir), "--out-dir", str(tmp_path), "--name", "cli",
+        "--types", "p1_i0_t3,p1_i1_t3", "--renderer", "id_token", "--negatives", "9",
+        "--templates-per-example", "all", "--vocab-size", "1000", "--seed", "3"])
+    assert code == 0
+    manifest = storage.read_manifest(tmp_path / "cli")
+    assert set(manifest["instructions"]) == {"p1_i0_t3", "p1_i1_t3"}
+    assert manifest["preprocess"]["negatives"] == [9] and manifest["preprocess"]["seed"] == 3
+    record = next(storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "test"))
+    assert record.targets.startswith("<item_") and record.targets == record.candidate_targets[record.label_index]
+    from instructrec_jax.vocabulary import load_vocabulary
+    assert len(load_vocabulary(tmp_path / "cli" / "spiece.model").encode(record.targets)) == 1
+    assert "prepared dataset:" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert prepare_module.main(["--source", "ml-100k", "--path", str(tmp_path / "nowhere"),
+                                "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "instructrec prepare: error:" in err and "nowhere" in err
+
+
+def test_pretrained_vocabulary_refuses_id_tokens(prepared, ml_dir, tmp_path):
+    with pytest.raises(ValueError, match="item id tokens are not pieces"):
+        prepare_module.prepare("ml-100k", ml_dir, tmp_path, name="pre", renderer="id_token",
+                               vocabulary=prepared[0] / "spiece.model", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
