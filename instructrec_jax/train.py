@@ -31,6 +31,7 @@ import numpy as np
 from etils import epath
 
 from instructrec_jax import data_pipeline, gin_flags, optimizers, partitioning, train_state
+from instructrec_jax.checkpoints import CheckpointFormatError
 from instructrec_jax.checkpoints import manager as checkpoints
 from instructrec_jax.data_pipeline import DatasetConfig
 from instructrec_jax.partitioning import Partitioner
@@ -104,29 +105,10 @@ def train(
     lengths = dict(train_dataset_cfg.task_feature_lengths)
 
     # -- state layout: logical axes -> shardings, without allocating anything ----------------
-    init_shapes = {
-        "encoder_input_tokens": (1, lengths["inputs"]),
-        "decoder_input_tokens": (1, lengths["targets"]),
-    }
     init_rng = jax.random.PRNGKey(seed)
-    boxed = jax.eval_shape(lambda: model.init_params(init_rng, init_shapes))
-    logical_specs = partitioner.logical_specs(boxed)
-    param_shardings = partitioner.param_shardings(logical_specs)
-    abstract_params = nn.unbox(boxed)
-    abstract_opt_state = jax.eval_shape(optimizer.transform.init, abstract_params)
-    opt_shardings = partitioner.optimizer_state_shardings(
-        optimizer.transform, abstract_opt_state, abstract_params, param_shardings
-    )
-    state_shardings = train_state.TrainState(
-        step=partitioner.replicated, params=param_shardings, opt_state=opt_shardings
-    )
-    abstract_state = checkpoints.sharded_abstract(
-        train_state.TrainState(
-            step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-            opt_state=abstract_opt_state,
-        ),
-        state_shardings,
-    )
+    layout = state_layout(model, optimizer, partitioner, lengths)
+    state_shardings, abstract_state = layout.shardings, layout.abstract_state
+    init_shapes = layout.init_shapes
 
     # -- where to start: MODEL_DIR checkpoint, initial checkpoint, or scratch -----------------
     checkpointer = checkpoints.TrainCheckpointer(
@@ -150,8 +132,7 @@ def train(
     )
 
     if is_chief:
-        write_model_info(out_dir / "model-info.txt", boxed, logical_specs, param_shardings,
-                         abstract_opt_state, partitioner, model)
+        write_model_info(out_dir / "model-info.txt", layout, partitioner, model)
         _write_config(out_dir)
 
     # -- the compiled step ----------------------------------------------------------------------
@@ -170,8 +151,8 @@ def train(
     )
     eval_fn = None
     if train_eval_dataset_cfg is not None and eval_period:
-        eval_fn = _make_train_eval(model, partitioner, param_shardings, train_eval_dataset_cfg,
-                                   eval_steps)
+        eval_fn = _make_train_eval(model, partitioner, state_shardings.params,
+                                   train_eval_dataset_cfg, eval_steps)
 
     writer = _SummaryWriter(out_dir / "train") if (is_chief and write_summaries) else None
     eval_writer = _SummaryWriter(out_dir / "training_eval") if (is_chief and write_summaries
@@ -236,6 +217,44 @@ def train(
         _write_config(out_dir)  # the operative config is complete once everything has run
     return TrainSummary(model_dir, start_step, step, resumed_from, last_metrics,
                         tuple(history), state, preempted=preempted.is_set())
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Where every array of the train state lives, computed without allocating any of them."""
+
+    boxed_params: Any  # ShapeDtypeStructs boxed with logical axes (nn.Partitioned)
+    logical_specs: Any  # logical PartitionSpec per parameter
+    shardings: train_state.TrainState  # NamedSharding per array of the state
+    abstract_state: train_state.TrainState  # ShapeDtypeStructs carrying those shardings
+    init_shapes: dict[str, tuple[int, int]]
+
+
+def state_layout(model, optimizer: optimizers.Optimizer, partitioner: Partitioner,
+                 lengths: Mapping[str, int]) -> StateLayout:
+    """The train state's shapes and shardings: parameters by their logical axes, optimiser slots
+    like their parameter (factored statistics replicated), the step replicated."""
+    init_shapes = {
+        "encoder_input_tokens": (1, int(lengths["inputs"])),
+        "decoder_input_tokens": (1, int(lengths["targets"])),
+    }
+    boxed = jax.eval_shape(lambda: model.init_params(jax.random.PRNGKey(0), init_shapes))
+    logical_specs = partitioner.logical_specs(boxed)
+    param_shardings = partitioner.param_shardings(logical_specs)
+    abstract_params = nn.unbox(boxed)
+    abstract_opt_state = jax.eval_shape(optimizer.transform.init, abstract_params)
+    opt_shardings = partitioner.optimizer_state_shardings(
+        optimizer.transform, abstract_opt_state, abstract_params, param_shardings
+    )
+    shardings = train_state.TrainState(
+        step=partitioner.replicated, params=param_shardings, opt_state=opt_shardings
+    )
+    abstract_state = checkpoints.sharded_abstract(
+        train_state.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                               opt_state=abstract_opt_state),
+        shardings,
+    )
+    return StateLayout(boxed, logical_specs, shardings, abstract_state, init_shapes)
 
 
 def _initial_state(model, optimizer, partitioner, rng, init_shapes, state_shardings, abstract_state,
@@ -453,10 +472,10 @@ def _write_config(out_dir: epath.Path) -> None:
 # -- model-info.txt --------------------------------------------------------------------------
 
 
-def write_model_info(path: epath.Path, boxed_params, logical_specs, param_shardings, opt_state,
-                     partitioner: Partitioner, model=None) -> str:
+def write_model_info(path: epath.Path, layout: StateLayout, partitioner: Partitioner,
+                     model=None) -> str:
     """Writes (and returns) one line per parameter plus totals, as T5X's model-info.txt."""
-    text = model_info(boxed_params, logical_specs, param_shardings, opt_state, partitioner, model)
+    text = model_info(layout, partitioner, model)
     if str(path).startswith(("gs://", "s3://")):
         path.write_text(text)
     else:
@@ -466,12 +485,13 @@ def write_model_info(path: epath.Path, boxed_params, logical_specs, param_shardi
     return text
 
 
-def model_info(boxed_params, logical_specs, param_shardings, opt_state, partitioner, model=None) -> str:
-    unboxed = nn.unbox(boxed_params)
-    flat_params = checkpoints._flatten(unboxed)
-    flat_logical = _flat_specs(logical_specs)
+def model_info(layout: StateLayout, partitioner: Partitioner, model=None) -> str:
+    """Every parameter's name, size, shape by logical axis, dtype, logical axes and mesh spec."""
+    flat_params = checkpoints.named_leaves(layout.abstract_state.params)
+    flat_logical = _flat_specs(layout.logical_specs)
     flat_shardings = _flat_specs(jax.tree_util.tree_map(
-        lambda s: s.spec, param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
+        lambda s: s.spec, layout.shardings.params,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
     width = max(len(name) for name, _ in flat_params)
     lines = []
     total = 0
@@ -479,18 +499,18 @@ def model_info(boxed_params, logical_specs, param_shardings, opt_state, partitio
         size = math.prod(leaf.shape)
         total += size
         axes = flat_logical.get(name)
-        mesh_spec = flat_shardings.get(name)
         shape = ", ".join(
             f"{axis}={dim}" if axes else str(dim)
             for axis, dim in zip(axes or [None] * len(leaf.shape), leaf.shape)
         )
         lines.append(
-            f"Variable {name.ljust(width)}  size {size:>12,}  shape ({shape})  dtype "
+            f"Variable {name.ljust(width)}  size {size:>14,}  shape ({shape})  dtype "
             f"{np.dtype(leaf.dtype).name}  logical {tuple(axes) if axes else None}  "
-            f"partition {mesh_spec}"
+            f"partition {flat_shardings.get(name)}"
         )
+    opt_state = layout.abstract_state.opt_state
     opt_bytes = partitioning.array_bytes(opt_state)
-    param_bytes = partitioning.array_bytes(unboxed)
+    param_bytes = partitioning.array_bytes(layout.abstract_state.params)
     lines.append("")
     lines.append(f"Total number of parameters: {total:,} ({param_bytes / 2**20:,.1f} MiB)")
     lines.append(f"Optimizer state: {opt_bytes:,} bytes ({opt_bytes / 2**20:,.1f} MiB) in "
@@ -505,13 +525,14 @@ def model_info(boxed_params, logical_specs, param_shardings, opt_state, partitio
 def _flat_specs(tree) -> dict[str, tuple | None]:
     is_leaf = lambda x: x is None or isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return {checkpoints._key_string(path): (tuple(spec) if spec is not None else None)
+    return {checkpoints.path_name(path): (tuple(spec) if spec is not None else None)
             for path, spec in leaves}
 
 
 # -- command line ----------------------------------------------------------------------------
 
 _USER_ERRORS = (
+    CheckpointFormatError,
     data_pipeline.UnknownTaskError,
     data_pipeline.VocabularyMismatchError,
     checkpoints.CheckpointError,
@@ -547,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         gin_flags.configure_gin(gin_flags.gin_flags_from_args(args))
         summary = train()
     except _USER_ERRORS as error:
-        print(f"instructrec train: {error}", file=sys.stderr)
+        # gin appends "In call to configurable 'train' (...)": not news to the user.
+        message = str(error).split("\n  In call to configurable")[0]
+        print(f"instructrec train: {message}", file=sys.stderr)
         return 1
     log.info("done: step %d%s", summary.final_step, " (preempted)" if summary.preempted else "")
     return 0

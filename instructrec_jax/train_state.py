@@ -96,7 +96,8 @@ def loss_and_grads(
     total_tokens = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
 
     def one(index, microbatch):
-        (loss, metrics), grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+        micro_rng = None if rng is None else jax.random.fold_in(rng, index)
+        (loss, metrics), grads = grad_fn(params, microbatch, micro_rng)
         share = loss_normalizer(loss_normalizing_factor, microbatch) / total_norm
         token_share = jnp.sum(microbatch["decoder_loss_weights"].astype(jnp.float32)) / total_tokens
         grads = jax.tree_util.tree_map(lambda g: g * share.astype(g.dtype), grads)

@@ -7,8 +7,11 @@ Importing this module registers the task (a gin file can `import train_fixtures`
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import seqio
@@ -118,10 +121,31 @@ def train_command(model_gin: Path, model_dir: Path, *extra: str, steps: int = 20
     ]
 
 
+# Compiled train steps are kept between the test processes (and test sessions): the same step
+# compiles once instead of once per process. Cache entries are keyed by the exact computation.
+XLA_CACHE = Path(tempfile.gettempdir()) / "instructrec_jax_test_xla_cache"
+
+
 def subprocess_env(devices: int = 1) -> dict[str, str]:
+    """Environment for a trainer subprocess: CPU, `devices` host devices, the shared XLA cache."""
     env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(XLA_CACHE)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
+
+
+def run_worker(group: str, workdir: Path, *, devices: int = 1, timeout: int = 900) -> dict:
+    """Runs a `train_worker.py` group in a fresh process and returns its JSON observations."""
+    out = Path(workdir) / f"{group}.json"
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "train_worker.py"), group, str(out), str(Path(workdir) / group)],
+        cwd=REPO, env=subprocess_env(devices), capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"train_worker {group} failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+    return json.loads(out.read_text())

@@ -258,10 +258,10 @@ def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
             lines.append(f"  {key}: checkpoint shape {found[key]}, model shape {expected[key]}")
         lines.append("  (check the model gin file and NUM_EMBEDDINGS against the checkpoint's config)")
         raise CheckpointError("\n".join(lines))
-    host_by_key = dict(_flatten(host_params))
+    host_by_key = dict(named_leaves(host_params))
 
     def put(key_path, target):
-        key = _key_string(key_path)
+        key = path_name(key_path)
         value = jax.numpy.asarray(host_by_key[key], dtype=target.dtype)
         sharding = getattr(target, "sharding", None)
         return jax.device_put(value, sharding) if sharding is not None else value
@@ -270,15 +270,18 @@ def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
 
 
 def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(getattr(leaf, "shape", ())) for key, leaf in _flatten(tree)}
+    """'encoder/layers_0/mlp/wo/kernel' -> shape, for every leaf of a tree."""
+    return {key: tuple(getattr(leaf, "shape", ())) for key, leaf in named_leaves(tree)}
 
 
-def _flatten(tree: Any) -> list[tuple[str, Any]]:
+def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+    """(slash-joined path, leaf) for every leaf of a tree, in tree order."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(_key_string(path), leaf) for path, leaf in leaves]
+    return [(path_name(path), leaf) for path, leaf in leaves]
 
 
-def _key_string(path) -> str:
+def path_name(path) -> str:
+    """A jax key path as 'encoder/layers_0/mlp/wo/kernel'."""
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):

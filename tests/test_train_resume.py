@@ -1,0 +1,77 @@
+"""A training job killed with SIGKILL and restarted with the same command ends bitwise like one that
+was never interrupted: parameters, final loss and data position (CPU, dropout on)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+import train_fixtures as fx
+
+STEPS, PERIOD = 200, 40
+EXTRA = [f"--gin.SAVE_PERIOD={PERIOD}", "--gin.LOG_EVERY=50", "--gin.EVAL_PERIOD=0",
+         "--gin.DROPOUT_RATE=0.1"]
+
+
+def _command(tmp_path, name):
+    return fx.train_command(fx.write_model_gin(tmp_path), tmp_path / name, *EXTRA, steps=STEPS)
+
+
+def _final(model_dir):
+    step_dir = model_dir / "checkpoints" / str(STEPS)
+    params = ocp.StandardCheckpointer().restore(step_dir / "params")
+    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(params)}
+    metadata = json.loads((step_dir / "metadata" / "metadata").read_text())
+    data = json.loads((step_dir / "data" / "metadata").read_text())
+    return flat, metadata, data
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flatten(value, prefix + (key,))
+    else:
+        yield prefix, tree
+
+
+def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwise(tmp_path):
+    env = fx.subprocess_env()
+    reference = subprocess.run(_command(tmp_path, "reference"), cwd=fx.REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    first_checkpoint = killed_dir / "checkpoints" / str(PERIOD) / "commit_success.txt"
+    log = open(tmp_path / "killed.log", "w")
+    job = subprocess.Popen(_command(tmp_path, "killed"), cwd=fx.REPO, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not first_checkpoint.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    still_running = job.poll() is None
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    log.close()
+    assert still_running, "the job finished before it could be killed mid-training"
+    assert not (killed_dir / "checkpoints" / str(STEPS)).exists()
+
+    restarted = subprocess.run(_command(tmp_path, "killed"), cwd=fx.REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    resumed = [line for line in restarted.stdout.splitlines() if "resumed from" in line]
+    assert resumed and f"/checkpoints/" in resumed[0]
+    resumed_step = int(resumed[0].split("/checkpoints/")[1].split()[0])
+    assert PERIOD <= resumed_step < STEPS
+
+    ref_params, ref_meta, ref_data = _final(tmp_path / "reference")
+    params, meta, data = _final(killed_dir)
+    assert sorted(params) == sorted(ref_params)
+    for name in ref_params:
+        assert np.array_equal(params[name], ref_params[name]), name
+    assert meta["metrics"]["loss"] == ref_meta["metrics"]["loss"]
+    assert data == ref_data and data["batches_consumed"] == STEPS
