@@ -102,7 +102,8 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             renderer: ItemRenderer | str = "title", max_title_words: int | None = None,
             types: Sequence[str] | None = None, templates_per_example: int | str = 1,
             max_train_examples_per_type: int | None = None, train_negatives: int = 9,
-            context: str | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
+            context: str | None = None, neg99: str = "scenarios",
+            vocab_size: int = DEFAULT_VOCAB_SIZE,
             vocabulary: str | os.PathLike | None = None, overwrite: bool = False,
             reader_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
     """Prepares one dataset and returns its directory `<out_dir>/<folder name>`.
@@ -121,7 +122,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
         seed=config.seed, types=None if types is None else tuple(types), renderer=item_renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=train_negatives,
-        context=context)
+        context=context, neg99=neg99)
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
     started = time.perf_counter()
 
@@ -159,7 +160,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             generator={"seed": options.seed, "types": list(options.types or []) or None,
                        "templates_per_example": options.templates_per_example,
                        "max_train_examples_per_type": options.max_train_examples_per_type,
-                       "train_negatives": options.negatives,
+                       "train_negatives": options.negatives, "neg99": options.neg99,
                        "context": context if isinstance(context, str) or context is None
                        else "custom"},
             renderer=item_renderer.as_dict(), item_texts=storage.ITEM_TEXTS,
@@ -224,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="negatives listed in training reranking instructions")
     parser.add_argument("--context", choices=("none", "time"), default="none",
                         help="prefix each instruction with a context sentence")
+    parser.add_argument("--neg99", choices=("scenarios", "all", "none"), default="scenarios",
+                        help="which reranking types also get 99-negative evaluation records "
+                             "(100 candidates listed per record)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--vocabulary", help="a SentencePiece model to use instead of training one "
                                              "(e.g. Flan-T5's spiece.model)")
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 types=args.types, templates_per_example=args.templates_per_example,
                 max_train_examples_per_type=args.max_train_examples_per_type,
                 train_negatives=args.train_negatives,
-                context=None if args.context == "none" else args.context,
+                context=None if args.context == "none" else args.context, neg99=args.neg99,
                 vocab_size=args.vocab_size, vocabulary=args.vocabulary, overwrite=args.overwrite)
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"instructrec prepare: error: {err}", file=sys.stderr)

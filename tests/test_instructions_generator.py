@@ -6,9 +6,9 @@ import pytest
 
 from instructrec_jax.data.types import Item
 from instructrec_jax.instructions.format import INSTRUCTION_TYPES, SCENARIOS, TaskForm
-from instructrec_jax.instructions.generator import (GeneratorOptions, generate_instructions,
-                                                    iter_instructions, time_context,
-                                                    with_candidates)
+from instructrec_jax.instructions.generator import (GeneratorOptions, candidate_groups,
+                                                    generate_instructions, iter_instructions,
+                                                    time_context, with_candidates)
 from instructrec_jax.instructions.render import ItemRenderer, id_token, join_items
 from instructrec_jax.instructions.templates import TEMPLATES, templates_for
 
@@ -202,29 +202,52 @@ def test_reversed_tasks_have_text_targets(data, records):
         assert r.targets.endswith(f". Item: {title}") or r.targets.endswith(f". Choice: {title}")
 
 
-def test_neg99_records_rank_ten_groups_of_ten(data, records):
-    rs = [r for r in records["p1_i0_t3_neg99"]["test"] if r.template_id == "pref-01"]
-    by_user = collections.defaultdict(list)
-    for r in rs:
-        by_user[r.user_id].append(r)
-    for user, groups in by_user.items():
-        assert [r.example_id.rsplit("/", 1)[1] for r in groups] == [f"g{k:02d}" for k in range(10)]
-        full = data.candidates[("test", 99)][user]
-        assert sum((r.candidates for r in groups), ()) == full.item_ids
-        assert sum(r.label_index >= 0 for r in groups) == 1
+def test_neg99_records_list_the_shared_hundred_candidates(data, records):
+    # Default: the five scenarios only.
+    assert {n for n in records if n.endswith("_neg99")} == {t + "_neg99" for t in SCENARIOS.values()}
+    for r in records["p1_i0_t3_neg99"]["test"]:
+        full = data.candidates[("test", 99)][r.user_id]
+        assert r.candidates == full.item_ids and r.label_index == full.label_index
+        assert len(r.candidate_targets) == 100
+    assert len(records["p1_i0_t3_neg99"]["test"]) == len(data.test) * 3
 
 
-def test_with_candidates_builds_the_final_round(data, records):
+def test_candidate_groups_and_final_round_follow_the_paper(data, records):
     text = {i: item.title for i, item in data.items.items()}
-    groups = [r for r in records["p1_i0_t3_neg99"]["test"] if r.template_id == "pref-02"][:10]
+    record = records["p1_i1_t3_neg99"]["test"][0]
+    groups = candidate_groups(record, text)
+    assert [g.example_id for g in groups] == [f"{record.example_id}/g{k:02d}" for k in range(10)]
+    assert sum((g.candidates for g in groups), ()) == record.candidates
+    assert sum(g.label_index >= 0 for g in groups) == 1
+    for g in groups:
+        assert join_items(text[c] for c in g.candidates) in g.inputs
+        assert g.inputs.startswith(record.inputs.split(text[record.candidates[0]])[0])
+        if g.label_index >= 0:
+            assert g.candidates[g.label_index] == record.target_item
+            assert g.candidate_targets[g.label_index] == record.targets
     winners = [g.candidates[max(g.label_index, 0)] for g in groups]
-    final = with_candidates(groups[0], winners, text)
-    assert final.candidates == tuple(winners)
-    assert final.candidates[final.label_index] == groups[0].target_item
+    final = with_candidates(record, winners, text)
+    assert final.candidates == tuple(winners) and final.example_id == record.example_id + "/final"
+    assert final.candidates[final.label_index] == record.target_item
     assert join_items(text[w] for w in winners) in final.inputs
-    assert final.example_id.endswith("/final")
     history = join_items(text[i] for i in data.test[0].history)
-    assert final.inputs.startswith(groups[0].inputs.split(history)[0] + history)
+    assert history in final.inputs
+
+
+def test_neg99_selection(data):
+    from instructrec_jax.instructions.generator import selected_types
+    assert not [n for n in selected_types(data, None, "none") if n.endswith("_neg99")]
+    every = [n for n in selected_types(data, None, "all") if n.endswith("_neg99")]
+    assert len(every) == sum(t.evaluated and t.task_form is TaskForm.T3
+                             for t in INSTRUCTION_TYPES.values())
+
+
+def test_training_records_come_in_a_shuffled_user_order(records):
+    users = [r.user_id for r in records["p1_i0_t3"]["train"]]
+    runs = sum(1 for a, b in zip(users, users[1:]) if a != b)
+    assert runs > len(users) // 2  # not grouped by user
+    test_users = [r.user_id for r in records["p1_i0_t3"]["test"]]
+    assert test_users == sorted(test_users)
 
 
 def test_example_ids_are_unique(records):

@@ -9,8 +9,11 @@ What goes where:
 - validation/test (types with `evaluated`): one record per (evaluation example, template), for
   every template of the type, with the shared candidate sets of `PreparedData.candidates`
   (search types: `search_candidates`), so every method ranks the same items. `_neg99` types hold
-  the 99-negative sets, split into ten groups of ten candidates (`/gNN` in the example id; the
-  paper ranks groups, then reranks the group winners: see `with_candidates`).
+  the 99-negative sets: one record per (example, template) listing all 100 candidates; the
+  paper's protocol (ten groups of ten, then the group winners) is built from it by
+  `candidate_groups` and `with_candidates`.
+- train order: examples are visited in a seeded random order, so that shards are not sorted by
+  user and a shuffle buffer mixes users well; validation/test keep the users' id order.
 
 No information from validation/test targets reaches training records: training examples come
 from training positions only, their histories precede the target, derived preferences read only
@@ -31,7 +34,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from instructrec_jax.data.types import CandidateSet, Item, SplitExample, UserSequence
 from instructrec_jax.instructions import derive
-from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX, ExampleSource,
+from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX, SCENARIOS,
+                                                 ExampleSource,
                                                  InstructionRecord, InstructionType, Output,
                                                  TaskForm, base_type, neg99_name)
 from instructrec_jax.instructions.render import ItemRenderer, join_items, render_catalogue
@@ -51,7 +55,10 @@ class GeneratorOptions:
     """How records are generated (see the module docstring).
 
     types: instruction type names (a `_neg99` name selects that evaluation type); None means all
-    registered types plus the `_neg99` types the data has 99-negative sets for.
+    registered types plus the `_neg99` types chosen by `neg99`.
+    neg99: with types=None, which `_neg99` types to add where the data has 99-negative sets:
+    'scenarios' (the five paper scenarios), 'all' (every evaluated reranking type) or 'none'.
+    Each lists 100 candidates per record, so they are large on big datasets.
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
@@ -64,6 +71,7 @@ class GeneratorOptions:
     max_train_examples_per_type: int | None = None
     negatives: int = 9
     context: str | ContextFn | None = None
+    neg99: str = "scenarios"
 
     def __post_init__(self):
         k = self.templates_per_example
@@ -71,6 +79,8 @@ class GeneratorOptions:
             raise ValueError(f"templates_per_example must be a positive int or 'all', got {k!r}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if self.neg99 not in ("scenarios", "all", "none"):
+            raise ValueError(f"neg99 must be 'scenarios', 'all' or 'none', got {self.neg99!r}")
         if self.context not in (None, "time") and not callable(self.context):
             raise ValueError(f"context must be None, 'time' or a function, got {self.context!r}")
         for name in self.types or ():
@@ -305,10 +315,11 @@ class _TypeBuilder:
 
 
 def with_candidates(record: InstructionRecord, candidate_ids: Sequence[str],
-                    item_texts: Mapping[str, str], true_item: str | None = None) -> InstructionRecord:
+                    item_texts: Mapping[str, str], *, suffix: str = "final") -> InstructionRecord:
     """The same T3 instruction listing other candidates (e.g. the winners of the ten 99-negative
-    groups, for the paper's final round). The candidate list is the last occurrence of the old
-    list's text in the inputs (every T3 template lists candidates after the history)."""
+    groups, for the paper's final round); the example id gains "/<suffix>". The candidate list is
+    the last occurrence of the old list's text in the inputs (every T3 template lists candidates
+    after the history), and the label follows the record's target item."""
     template = TEMPLATES_BY_ID[record.template_id]
     if not record.candidates:
         raise ValueError(f"{record.example_id}: not a candidate-list record")
@@ -317,26 +328,29 @@ def with_candidates(record: InstructionRecord, candidate_ids: Sequence[str],
     if not found:
         raise ValueError(f"{record.example_id}: candidate list text not found in the inputs")
     texts = [item_texts[c] for c in candidate_ids]
-    true_item = record.target_item if true_item is None else true_item
+    true_item = record.target_item
     label = list(candidate_ids).index(true_item) if true_item in candidate_ids else -1
-    slots = TemplateSlots(target=item_texts[true_item] if true_item in item_texts else "")
+    slots = TemplateSlots(target=item_texts.get(true_item, ""))
     return dataclasses.replace(
         record, inputs=head + join_items(texts) + tail, candidates=tuple(candidate_ids),
         candidate_targets=tuple(template.render_target(slots, t) for t in texts),
-        label_index=label, example_id=record.example_id.rsplit("/g", 1)[0] + "/final")
+        label_index=label, example_id=f"{record.example_id}/{suffix}")
 
 
-def selected_types(data, types: Iterable[str] | None) -> tuple[str, ...]:
-    """The type names to generate: all registered ones (plus `_neg99` where the data has
-    99-negative sets) when `types` is None, else the given names, validated."""
+def selected_types(data, types: Iterable[str] | None, neg99: str = "scenarios") -> tuple[str, ...]:
+    """The type names to generate: the given names, validated; or, when `types` is None, all
+    registered types plus the `_neg99` types `neg99` selects where the data has 99-negative sets."""
     if types is not None:
         names = tuple(types)
         for name in names:
             base_type(name)
         return names
     names = list(INSTRUCTION_TYPES)
+    scenario_types = set(SCENARIOS.values())
     for itype in INSTRUCTION_TYPES.values():
-        if itype.evaluated and itype.task_form is TaskForm.T3 and _neg99_sets(data, itype, "test"):
+        wanted = neg99 == "all" or (neg99 == "scenarios" and itype.name in scenario_types)
+        if wanted and itype.evaluated and itype.task_form is TaskForm.T3 \
+                and _neg99_sets(data, itype, "test"):
             names.append(neg99_name(itype.name))
     return tuple(names)
 
@@ -361,8 +375,13 @@ def _candidate_sets(data, itype: InstructionType, split: str, n: int) -> Mapping
     return source[key]
 
 
-def _by_user(examples: list[SplitExample]) -> list[tuple[int, SplitExample]]:
-    """(index, example) grouped by user in first-appearance order, each user's in original order."""
+def _visit_order(examples: list[SplitExample], shuffle_seed: str | None) -> list[tuple[int, SplitExample]]:
+    """(index, example) pairs in the order records are made: seeded random for training,
+    otherwise grouped by user in first-appearance order (each user's in their original order)."""
+    if shuffle_seed is not None:
+        order = list(range(len(examples)))
+        random.Random(shuffle_seed).shuffle(order)
+        return [(i, examples[i]) for i in order]
     groups: dict[str, list[tuple[int, SplitExample]]] = {}
     for index, example in enumerate(examples):
         groups.setdefault(example.user_id, []).append((index, example))
@@ -409,14 +428,8 @@ class _Job:
         if candidate_set is None:
             raise KeyError(f"no {split} candidate set for {key!r} ({name}); the prepared data "
                            "is inconsistent")
-        if not self.neg99:
-            for record in self.builder.records(example, candidate_set):
-                yield name, split, record
-            return
-        for group_index, group in enumerate(_groups(candidate_set)):
-            for record in self.builder.records(example, group):
-                yield name, split, dataclasses.replace(
-                    record, example_id=f"{record.example_id}/g{group_index:02d}")
+        for record in self.builder.records(example, candidate_set):
+            yield name, split, record
 
 
 def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
@@ -429,7 +442,7 @@ def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
     derived texts; each type's records come out in the same order as if it were generated alone.
     """
     catalogue = _Catalogue(data, options.renderer)
-    names = selected_types(data, options.types)
+    names = selected_types(data, options.types, options.neg99)
     for name in names:
         itype = base_type(name)
         if name.endswith(NEG99_SUFFIX) and not (itype.evaluated and itype.task_form is TaskForm.T3):
@@ -447,7 +460,8 @@ def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
                 continue
             examples = _examples(data, source, split)
             jobs = [_Job(data, name, split, catalogue, options, len(examples)) for name in active]
-            for index, example in _by_user(examples):
+            shuffle = f"{options.seed}|order|{source.value}" if split == "train" else None
+            for index, example in _visit_order(examples, shuffle):
                 shared = _Example(example, catalogue)
                 for job in jobs:
                     yield from job.records(index, shared)
@@ -462,14 +476,15 @@ def _smallest_negatives(data, itype: InstructionType, split: str) -> int:
     return 9 if 9 in counts else counts[0]
 
 
-def _groups(candidate_set: CandidateSet) -> list[CandidateSet]:
-    ids = candidate_set.item_ids
+def candidate_groups(record: InstructionRecord, item_texts: Mapping[str, str],
+                     group_size: int = GROUP_SIZE) -> list[InstructionRecord]:
+    """The paper's first round for a `_neg99` record: the same instruction once per consecutive
+    group of `group_size` candidates (ids suffixed `/gNN`; label -1 where the true item is not in
+    the group). Rank each, then call `with_candidates` with the group winners for the final."""
     groups = []
-    for start in range(0, len(ids), GROUP_SIZE):
-        chunk = ids[start:start + GROUP_SIZE]
-        inside = start <= candidate_set.label_index < start + GROUP_SIZE
-        groups.append(CandidateSet(candidate_set.user_id, chunk,
-                                   candidate_set.label_index - start if inside else -1))
+    for k, start in enumerate(range(0, len(record.candidates), group_size)):
+        groups.append(with_candidates(record, record.candidates[start:start + group_size],
+                                      item_texts, suffix=f"g{k:02d}"))
     return groups
 
 

@@ -98,71 +98,71 @@ def _entry(name: str, feature: bytes) -> bytes:
     return _delimited(b"\n", _delimited(b"\n", name.encode()) + _delimited(b"\x12", feature))
 
 
-def _bytes_feature(values: Iterable[bytes]) -> bytes:
-    # Feature{bytes_list(1): BytesList{value(1): bytes...}}
-    return _delimited(b"\n", b"".join(_delimited(b"\n", v) for v in values))
-
-
-def _int64_feature(values: Iterable[int]) -> bytes:
-    # Feature{int64_list(3): Int64List{value(1), packed}}
-    return _delimited(b"\x1a", _delimited(b"\n", b"".join(_varint(v) for v in values)))
-
-
-# Encoding is the writer's hot path (millions of records): the key of each map entry is
-# precomputed, and the encoded form of short strings that repeat (item texts, ids, type names,
-# template ids) is cached.
+# Encoding is the writer's hot path (millions of records): lengths below 16 KiB are table
+# lookups, the key of each map entry is precomputed, and encoded pieces that repeat (item texts
+# and ids, type names and template ids, users, labels) are cached.
 _KEY = {name: _delimited(b"\n", name.encode()) + b"\x12"
         for name in STRING_FIELDS + LIST_FIELDS + INT_FIELDS}
-_VALUES: dict[str, bytes] = {}  # string -> BytesList value field (tag, length, utf-8)
-_VALUES_LIMIT = 2_000_000
+_CACHE_LIMIT = 2_000_000
 _CACHED_MAX_CHARS = 200
+_VALUES: dict[str, bytes] = {}  # string -> BytesList value field (tag, length, utf-8)
+_ENTRIES: dict[tuple[str, object], bytes] = {}  # (feature name, value) -> whole map entry
 
 
-def _value(text: str) -> bytes:
+def _value(text: str, cache: bool = True) -> bytes:
     data = text.encode("utf-8")
-    encoded = b"\n" + _varint(len(data)) + data
-    if len(text) <= _CACHED_MAX_CHARS and len(_VALUES) < _VALUES_LIMIT:
+    n = len(data)
+    encoded = b"\n" + (_SMALL_VARINTS[n] if n < _SMALL else _varint(n)) + data
+    if cache and len(text) <= _CACHED_MAX_CHARS and len(_VALUES) < _CACHE_LIMIT:
         _VALUES[text] = encoded
     return encoded
 
 
-_LABELS: dict[int, bytes] = {}
-
-
-def _label_entry(label: int) -> bytes:
-    packed = _varint(label)
-    int64_list = b"\n" + _varint(len(packed)) + packed
-    feature = b"\x1a" + _varint(len(int64_list)) + int64_list
-    entry = _KEY["label_index"] + _varint(len(feature)) + feature
-    _LABELS[label] = encoded = b"\n" + _varint(len(entry)) + entry
-    return encoded
-
-
 def _bytes_entry(name: str, bytes_list: bytes) -> bytes:
-    feature = b"\n" + _varint(len(bytes_list)) + bytes_list
-    entry = _KEY[name] + _varint(len(feature)) + feature
-    return b"\n" + _varint(len(entry)) + entry
+    table, small = _SMALL_VARINTS, _SMALL
+    n = len(bytes_list)
+    feature = b"\n" + (table[n] if n < small else _varint(n)) + bytes_list
+    n = len(feature)
+    entry = _KEY[name] + (table[n] if n < small else _varint(n)) + feature
+    n = len(entry)
+    return b"\n" + (table[n] if n < small else _varint(n)) + entry
+
+
+def _cached_entry(name: str, value) -> bytes:
+    """The map entry of a scalar feature (a short string, or the int label), cached."""
+    if name == "label_index":
+        # Feature{int64_list(3): Int64List{value(1), packed}}
+        entry = _entry(name, _delimited(b"\x1a", _delimited(b"\n", _varint(value))))
+    else:
+        entry = _bytes_entry(name, _VALUES.get(value) or _value(value))
+    if len(_ENTRIES) < _CACHE_LIMIT:
+        _ENTRIES[(name, value)] = entry
+    return entry
 
 
 def encode_record(record: InstructionRecord) -> bytes:
     """The serialized tf.train.Example of a record (features in a fixed order)."""
-    get = _VALUES.get
-    label_entry = _LABELS.get(record.label_index) or _label_entry(record.label_index)
+    values, entries = _VALUES.get, _ENTRIES.get
     features = b"".join((
-        _bytes_entry("inputs", _value(record.inputs)),
-        _bytes_entry("targets", get(record.targets) or _value(record.targets)),
-        _bytes_entry("instruction_type",
-                     get(record.instruction_type) or _value(record.instruction_type)),
-        _bytes_entry("template_id", get(record.template_id) or _value(record.template_id)),
-        _bytes_entry("user_id", get(record.user_id) or _value(record.user_id)),
-        _bytes_entry("target_item", get(record.target_item) or _value(record.target_item)),
-        _bytes_entry("example_id", _value(record.example_id)),
-        _bytes_entry("candidates", b"".join([get(v) or _value(v) for v in record.candidates])),
+        _bytes_entry("inputs", _value(record.inputs, cache=False)),
+        # targets are cached only when already seen as a candidate's text (an item's text)
+        _bytes_entry("targets", values(record.targets) or _value(record.targets, cache=False)),
+        entries(("instruction_type", record.instruction_type))
+        or _cached_entry("instruction_type", record.instruction_type),
+        entries(("template_id", record.template_id))
+        or _cached_entry("template_id", record.template_id),
+        entries(("user_id", record.user_id)) or _cached_entry("user_id", record.user_id),
+        entries(("target_item", record.target_item))
+        or _cached_entry("target_item", record.target_item),
+        _bytes_entry("example_id", _value(record.example_id, cache=False)),
+        _bytes_entry("candidates", b"".join([values(v) or _value(v) for v in record.candidates])),
         _bytes_entry("candidate_targets",
-                     b"".join([get(v) or _value(v) for v in record.candidate_targets])),
-        label_entry,
+                     b"".join([values(v) or _value(v) for v in record.candidate_targets])),
+        entries(("label_index", record.label_index))
+        or _cached_entry("label_index", record.label_index),
     ))
-    return b"\n" + _varint(len(features)) + features
+    n = len(features)
+    return b"\n" + (_SMALL_VARINTS[n] if n < _SMALL else _varint(n)) + features
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
