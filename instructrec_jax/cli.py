@@ -7,6 +7,7 @@ pay for importing TensorFlow and JAX.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int | None`.
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    # TensorFlow's C++ start-up chatter (no CUDA here, CPU feature notes) is noise for a CLI user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"instructrec: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
