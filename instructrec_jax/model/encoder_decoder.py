@@ -59,6 +59,12 @@ class EncoderDecoderModel:
         self.loss_normalizing_factor = loss_normalizing_factor
         self.module = Transformer(config)
         self._predict_fns: dict[tuple, Any] = {}
+        # Compiled once per model and input shapes; inside a caller's jit they are simply inlined.
+        self._init = jax.jit(self._init_impl, static_argnums=(1, 2))
+        self._logits = jax.jit(self._logits_impl)
+        self._encode = jax.jit(self._encode_impl)
+        self._decode_logits = jax.jit(self._decode_logits_impl)
+        self._decode_step = jax.jit(self._decode_step_impl, static_argnames=("max_decode_length",))
 
     def __repr__(self) -> str:
         return (f"EncoderDecoderModel({self.config}, z_loss={self.z_loss}, "
@@ -80,6 +86,9 @@ class EncoderDecoderModel:
         shapes = dict(input_shapes or {})
         encoder_shape = tuple(shapes.get("encoder_input_tokens", (1, 1)))
         decoder_shape = tuple(shapes.get("decoder_input_tokens", (1, 1)))
+        return self._init(rng, encoder_shape, decoder_shape)
+
+    def _init_impl(self, rng, encoder_shape, decoder_shape):
         encoder_tokens = jnp.ones(encoder_shape, jnp.int32)
         decoder_tokens = jnp.ones(decoder_shape, jnp.int32)
         variables = self.module.init({"params": rng}, encoder_tokens, decoder_tokens, decoder_tokens,
@@ -93,9 +102,13 @@ class EncoderDecoderModel:
     # ----------------------------------------------------------------------------- forward
     def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None) -> Array:
         """Teacher-forced float32 logits [b, target length, vocab]; dropout iff dropout_rng."""
+        features = {k: batch[k] for k in self.FEATURE_NAMES if batch.get(k) is not None}
+        return self._logits(_unbox(params), features, dropout_rng)
+
+    def _logits_impl(self, params, batch, dropout_rng):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         return self.module.apply(
-            {"params": _unbox(params)}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             batch["decoder_target_tokens"], batch.get("encoder_segment_ids"),
             batch.get("decoder_segment_ids"), batch.get("encoder_positions"),
             batch.get("decoder_positions"), enable_dropout=dropout_rng is not None, rngs=rngs)
@@ -152,8 +165,11 @@ class EncoderDecoderModel:
     def encode(self, params: Any, encoder_input_tokens: Array,
                encoder_segment_ids: Array | None = None) -> Array:
         """Encoder outputs [b, length, d_model], for scoring many targets against one input."""
-        return self.module.apply({"params": _unbox(params)}, encoder_input_tokens,
-                                 encoder_segment_ids, method=Transformer.encode)
+        return self._encode(_unbox(params), encoder_input_tokens, encoder_segment_ids)
+
+    def _encode_impl(self, params, encoder_input_tokens, encoder_segment_ids):
+        return self.module.apply({"params": params}, encoder_input_tokens, encoder_segment_ids,
+                                 method=Transformer.encode)
 
     def score_encoded(self, params: Any, encoded: Array, encoder_input_tokens: Array,
                       decoder_input_tokens: Array, decoder_target_tokens: Array,
@@ -163,31 +179,43 @@ class EncoderDecoderModel:
         To score c candidates of one instruction, repeat its encoded row c times
         (`jnp.repeat(encoded, c, axis=0)`, same for the tokens): the encoder runs once.
         """
-        logits = self.module.apply({"params": _unbox(params)}, encoded, encoder_input_tokens,
-                                   decoder_input_tokens, decoder_target_tokens,
-                                   method=Transformer.decode)
+        logits = self._decode_logits(_unbox(params), encoded, encoder_input_tokens,
+                                     decoder_input_tokens, decoder_target_tokens)
         return _sequence_log_likelihood(logits, decoder_target_tokens, decoder_loss_weights)
+
+    def _decode_logits_impl(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
+                            decoder_target_tokens):
+        return self.module.apply({"params": params}, encoded, encoder_input_tokens,
+                                 decoder_input_tokens, decoder_target_tokens,
+                                 method=Transformer.decode)
 
     # ----------------------------------------------------------------------------- decoding
     def decoder_step_fn(self, params: Any, encoded: Array, encoder_input_tokens: Array,
                         max_decode_length: int):
-        """(step_fn, initial cache) for `decoding`: one cached decoder step per call."""
+        """(step_fn, initial cache) for `decoding`: one cached decoder step per call.
+
+        `step_fn(tokens [b, 1], cache) -> (logits [b, vocab], cache)`.
+        """
         params = _unbox(params)
 
         def step_fn(tokens: Array, cache: Any) -> tuple[Array, Any]:
-            logits, mutated = self.module.apply(
-                {"params": params, "cache": cache}, encoded, encoder_input_tokens, tokens,
-                decode=True, max_decode_length=max_decode_length, mutable=["cache"],
-                method=Transformer.decode)
-            return logits[:, -1, :], mutated["cache"]
+            return self._decode_step(params, encoded, encoder_input_tokens, tokens, cache,
+                                     max_decode_length=max_decode_length)
 
         # Creating the cache runs step 0 once (self-attention slots zero-filled, cross-attention
         # keys/values projected); rewinding the index lets the search redo step 0 through step_fn.
         start = jnp.full((encoder_input_tokens.shape[0], 1), decoding.DECODER_START_ID, jnp.int32)
-        _, created = self.module.apply(
-            {"params": params}, encoded, encoder_input_tokens, start, decode=True,
+        _, created = self._decode_step(params, encoded, encoder_input_tokens, start, None,
+                                       max_decode_length=max_decode_length)
+        return step_fn, _reset_cache_index(created)
+
+    def _decode_step_impl(self, params, encoded, encoder_input_tokens, tokens, cache, *,
+                          max_decode_length):
+        variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+        logits, mutated = self.module.apply(
+            variables, encoded, encoder_input_tokens, tokens, decode=True,
             max_decode_length=max_decode_length, mutable=["cache"], method=Transformer.decode)
-        return step_fn, _reset_cache_index(created["cache"])
+        return logits[:, -1, :], mutated["cache"]
 
     def predict_batch(self, params: Any, batch: Batch, rng: Array | None = None, *,
                       method: PredictMethod = "beam", num_beams: int = 4, alpha: float = 0.6,
@@ -245,6 +273,7 @@ class EncoderDecoderModel:
                                            logits_constraint=constraint)
 
 
+@jax.jit
 def _sequence_log_likelihood(logits: Array, targets: Array, weights: Array | None) -> Array:
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
