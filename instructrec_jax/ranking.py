@@ -8,7 +8,7 @@ generated, so no out-of-catalogue item can appear (the paper's protocol).
 
 Batching: B instructions are encoded together ([B, Le]); their encoded states are repeated along
 the batch, once per candidate, and the decoder scores all B·C targets in one teacher-forced pass.
-Input and target lengths are rounded up to powers of two (`_bucket`) and the instruction batch is
+Input and target lengths are rounded up to powers of two (`bucket_length`) and the instruction batch is
 padded to B, so jit compiles once per (input bucket, target bucket, candidate count).
 
 Scores (`ScoringConfig`), all documented choices:
@@ -89,7 +89,7 @@ class ScoredCandidates:
     user_id: str = ""
 
 
-def _bucket(length: int, minimum: int) -> int:
+def bucket_length(length: int, minimum: int) -> int:
     """The smallest power of two >= length (and >= minimum): few distinct compiled shapes."""
     size = max(minimum, 1)
     while size < length:
@@ -121,8 +121,9 @@ def _shared_encoder_scores(model, params, encoder_tokens, decoder_targets):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _full_pass_scores(model, params, encoder_tokens, decoder_targets):
-    """[N] summed log p of N (input, target) pairs, each a full encoder-decoder pass."""
+def full_pass_scores(model, params, encoder_tokens, decoder_targets):
+    """[N] summed log p of N (input, target) pairs, each a full encoder-decoder pass (EOS-ended
+    targets, 0-padded; `infer`'s score mode and the reference path of the tests use it)."""
     decoder_inputs = jnp.pad(decoder_targets[:, :-1], ((0, 0), (1, 0)))
     batch = {
         "encoder_input_tokens": encoder_tokens,
@@ -174,8 +175,8 @@ class CandidateScorer:
                 results[i] = (np.zeros(0), np.zeros(0, dtype=np.int64))
                 continue
             key = (
-                _bucket(len(enc), cfg.min_input_bucket),
-                _bucket(max(len(t) for t in targets), cfg.min_target_bucket),
+                bucket_length(len(enc), cfg.min_input_bucket),
+                bucket_length(max(len(t) for t in targets), cfg.min_target_bucket),
                 len(targets),
             )
             groups.setdefault(key, []).append(i)
@@ -211,8 +212,8 @@ class CandidateScorer:
         out = [np.zeros(len(t)) for t in candidate_targets]
         if not pairs:
             return out
-        enc_len = _bucket(max(len(p[2]) for p in pairs), cfg.min_input_bucket)
-        dec_len = _bucket(max(len(p[3]) for p in pairs), cfg.min_target_bucket)
+        enc_len = bucket_length(max(len(p[2]) for p in pairs), cfg.min_input_bucket)
+        dec_len = bucket_length(max(len(p[3]) for p in pairs), cfg.min_target_bucket)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             enc = np.zeros((batch_size, enc_len), dtype=np.int32)
@@ -220,7 +221,7 @@ class CandidateScorer:
             for row, (_, _, e, d) in enumerate(chunk):
                 enc[row, : len(e)] = e
                 dec[row, : len(d)] = d
-            sums = np.asarray(_full_pass_scores(self.model, self.params, enc, dec), dtype=np.float64)
+            sums = np.asarray(full_pass_scores(self.model, self.params, enc, dec), dtype=np.float64)
             for row, (i, c, _, _) in enumerate(chunk):
                 out[i][c] = sums[row]
         return out

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from instructrec_jax.model.config import T5Config
 from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 
-VOCAB = 64
+VOCAB = 512  # room for a small SentencePiece vocabulary (+100 sentinels) as well as CharTokenizer
 
 
 class CharTokenizer:
@@ -30,11 +32,35 @@ def tiny_config(**overrides) -> T5Config:
     return T5Config(**fields)
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_model_and_params(seed: int = 0):
+    """One shared model object per seed: jitted functions keyed on it compile once per test session."""
     model = EncoderDecoderModel(tiny_config())
-    # jitted: op-by-op initialisation compiles every small op separately (tens of seconds on CPU)
-    params = jax.jit(model.init_params)(jax.random.PRNGKey(seed))
-    return model, params
+    return model, random_params(model, seed)
+
+
+def random_params(model, seed: int = 0):
+    """Random weights of the model's shapes, drawn with numpy.
+
+    Compiling the model's own initialiser (truncated normals for every array) takes XLA tens of
+    seconds on a busy CPU; tracing it for the shapes takes one. Kernels get N(0, 1/fan_in), norm
+    scales 1, embeddings N(0, 1): a random model whose candidate scores clearly differ.
+    """
+    import flax.linen as nn
+    import numpy as np
+
+    shapes = nn.meta.unbox(jax.eval_shape(model.init_params, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(seed)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+
+    def draw(path, leaf):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        if name.endswith("scale"):
+            return np.ones(leaf.shape, leaf.dtype)
+        std = 1.0 if "embedding" in name else 1.0 / np.sqrt(leaf.shape[0])
+        return (rng.standard_normal(leaf.shape) * std).astype(leaf.dtype)
+
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(draw(p, leaf)) for p, leaf in paths])
 
 
 class KnownScoreModel:

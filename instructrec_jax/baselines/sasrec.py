@@ -52,25 +52,38 @@ class SASRecConfig:
     seed: int = 0
 
 
+def _dropout(x, noise, rate: float):
+    """Inverted dropout from host-drawn uint8 noise: keep where noise >= round(rate * 256).
+
+    The noise is drawn with numpy on the host: on CPU, XLA's random-bit generators made the
+    compiled step several times slower and longer to compile than the model itself.
+    """
+    if noise is None or rate <= 0.0:
+        return x
+    threshold = int(round(rate * 256))
+    keep = noise >= threshold
+    return jnp.where(keep, x / (1.0 - threshold / 256.0), 0.0)
+
+
 class _Block(nn.Module):
     hidden: int
     num_heads: int
     dropout: float
 
     @nn.compact
-    def __call__(self, x, mask, *, train: bool):
+    def __call__(self, x, mask, noise):
+        """noise: None (evaluation) or uint8 [3, B, L, D], one slice per dropout site."""
+        site = (lambda k: None) if noise is None else (lambda k: noise[k])
         y = nn.LayerNorm(epsilon=1e-8)(x)
-        y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
-        )(y, y, mask=mask)
-        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, deterministic=True)(y, y, mask=mask)
+        x = x + _dropout(y, site(0), self.dropout)
         y = nn.LayerNorm(epsilon=1e-8)(x)
-        y = nn.Dense(self.hidden)(y)
-        y = nn.relu(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        y = nn.Dense(self.hidden)(y)
-        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-        return x
+        y = nn.relu(nn.Dense(self.hidden)(y))
+        y = nn.Dense(self.hidden)(_dropout(y, site(1), self.dropout))
+        return x + _dropout(y, site(2), self.dropout)
+
+
+SITES_PER_BLOCK = 3
 
 
 class SASRecModule(nn.Module):
@@ -87,19 +100,24 @@ class SASRecModule(nn.Module):
         self.item_embedding = nn.Embed(self.num_items + 1, self.hidden, embedding_init=nn.initializers.normal(0.02))
         self.position_embedding = nn.Embed(self.max_len, self.hidden, embedding_init=nn.initializers.normal(0.02))
         self.blocks = [_Block(self.hidden, self.num_heads, self.dropout) for _ in range(self.num_blocks)]
-        self.embedding_dropout = nn.Dropout(self.dropout)
         self.final_norm = nn.LayerNorm(epsilon=1e-8)
 
-    def __call__(self, seq, *, train: bool = False):
+    @property
+    def num_dropout_sites(self) -> int:
+        return 1 + SITES_PER_BLOCK * self.num_blocks
+
+    def __call__(self, seq, noise=None):
+        """seq [B, L] ids; noise None (evaluation) or uint8 [num_dropout_sites, B, L, D] (training)."""
         valid = seq > 0
         x = self.item_embedding(seq) * math.sqrt(self.hidden)
         x = x + self.position_embedding(jnp.arange(seq.shape[1]))[None]
-        x = self.embedding_dropout(x, deterministic=not train)
+        x = _dropout(x, None if noise is None else noise[0], self.dropout)
         x = x * valid[..., None]
         causal = nn.make_causal_mask(seq)
         mask = nn.combine_masks(causal, nn.make_attention_mask(valid, valid))
-        for block in self.blocks:
-            x = block(x, mask, train=train)
+        for k, block in enumerate(self.blocks):
+            start = 1 + SITES_PER_BLOCK * k
+            x = block(x, mask, None if noise is None else noise[start : start + SITES_PER_BLOCK])
             x = x * valid[..., None]  # keep padded positions at zero, as the paper does
         return self.final_norm(x)
 
@@ -131,8 +149,8 @@ def _optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate, b2=0.98)
 
 
-def _loss(module: SASRecModule, loss: str, params, x, y, neg, rng):
-    hidden = module.apply({"params": params}, x, train=True, rngs={"dropout": rng})  # [B, L, D]
+def _loss(module: SASRecModule, loss: str, params, x, y, neg, noise):
+    hidden = module.apply({"params": params}, x, noise)  # [B, L, D]
     weight = (y > 0).astype(jnp.float32)
     if loss == "bce":
         pos_logit = jnp.sum(hidden * module.apply({"params": params}, y, method=SASRecModule.item_vectors), -1)
@@ -147,8 +165,8 @@ def _loss(module: SASRecModule, loss: str, params, x, y, neg, rng):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-def _train_step(module: SASRecModule, loss: str, learning_rate: float, params, opt_state, x, y, neg, rng):
-    value, grads = jax.value_and_grad(functools.partial(_loss, module, loss))(params, x, y, neg, rng)
+def _train_step(module: SASRecModule, loss: str, learning_rate: float, params, opt_state, x, y, neg, noise):
+    value, grads = jax.value_and_grad(functools.partial(_loss, module, loss))(params, x, y, neg, noise)
     updates, opt_state = _optimizer(learning_rate).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
 
@@ -249,10 +267,8 @@ def fit_sasrec(
     prefixes = [np.array([index[item] for item in p], dtype=np.int32) for p in prefixes_by_user.values()]
 
     module = _module(config, num_items)
-    # 'rbg' keys: XLA compiles their dropout masks several times faster than threefry's on CPU
-    key = jax.random.key(config.seed, impl="rbg")
-    init_key, key = jax.random.split(key)
-    params, opt_state = _init(module, config.learning_rate, init_key)
+    params, opt_state = _init(module, config.learning_rate, jax.random.PRNGKey(config.seed))
+    noise_shape = (module.num_dropout_sites, config.batch_size, config.max_len, config.hidden)
 
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
@@ -273,9 +289,9 @@ def fit_sasrec(
             # drawn on the host, which keeps the compiled step small
             neg = rng.integers(1, num_items + 1, size=y.shape, dtype=np.int32)
             neg = np.where(neg == y, neg % num_items + 1, neg).astype(np.int32)
-            step_key = jax.random.fold_in(key, epoch * num_batches + b)
+            noise = rng.integers(0, 256, size=noise_shape, dtype=np.uint8) if config.dropout > 0 else None
             params, opt_state, step_loss = _train_step(
-                module, config.loss, config.learning_rate, params, opt_state, x, y, neg, step_key
+                module, config.loss, config.learning_rate, params, opt_state, x, y, neg, noise
             )
             losses.append(step_loss)
         loss = float(np.mean(jax.device_get(losses)))
