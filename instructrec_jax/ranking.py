@@ -433,34 +433,45 @@ def final_round_scores(example: GroupedExample, winners: Sequence[str], final: S
     return out
 
 
-def rank_groups(
+def grouped_rows(
     scored_groups: Sequence[ScoredCandidates],
     *,
-    protocol: str = "direct",
+    protocol: str = "groups",
     rerank: Callable[[GroupedExample, list[str]], ScoredCandidates] | None = None,
     tie_rule: str = "pessimistic",
-    hr_ks: Sequence[int] = metrics.PAPER_HR_KS,
-    ndcg_ks: Sequence[int] = metrics.PAPER_NDCG_KS,
-) -> metrics.RankingMetrics:
-    """Metrics of 99-negative examples scored group by group.
+) -> list[tuple[GroupedExample, np.ndarray]]:
+    """Each 99-negative example with one score per candidate, under a protocol:
 
-    protocol 'direct': the 100 candidates ranked together by their in-group scores.
-    protocol 'groups' (the paper's): each group's winner goes to a final round, which `rerank`
-    scores (given the example and the winners, it returns the final instruction's scored
-    candidates, e.g. via `instructions.generator.with_candidates`); see `final_round_scores`.
+    'pooled': the 100 candidates ranked together by their in-group scores;
+    'groups' (the paper's): each group's winner goes to a final round, which `rerank` scores (given
+    the example and the winners, it returns the final instruction's scored candidates, e.g. via
+    `instructions.generator.with_candidates`); see `final_round_scores`.
     """
     examples = collect_groups(scored_groups)
-    if protocol == "direct":
-        rows = [direct_scores(e) for e in examples]
-    elif protocol == "groups":
+    if protocol == "pooled":
+        return [(e, direct_scores(e)) for e in examples]
+    if protocol == "groups":
         if rerank is None:
             raise ValueError("protocol='groups' needs a rerank function for the final round")
         rows = []
         for e in examples:
             winners = group_winners(e, tie_rule)
-            rows.append(final_round_scores(e, winners, rerank(e, winners)))
-    else:
-        raise ValueError(f"unknown 99-negative protocol {protocol!r}; expected 'direct' or 'groups'")
+            rows.append((e, final_round_scores(e, winners, rerank(e, winners))))
+        return rows
+    raise ValueError(f"unknown grouped protocol {protocol!r}; expected 'pooled' or 'groups'")
+
+
+def rank_groups(
+    scored_groups: Sequence[ScoredCandidates],
+    *,
+    protocol: str = "groups",
+    rerank: Callable[[GroupedExample, list[str]], ScoredCandidates] | None = None,
+    tie_rule: str = "pessimistic",
+    hr_ks: Sequence[int] = metrics.PAPER_HR_KS,
+    ndcg_ks: Sequence[int] = metrics.PAPER_NDCG_KS,
+) -> metrics.RankingMetrics:
+    """Metrics of 99-negative examples scored group by group (protocols as in `grouped_rows`)."""
+    rows = grouped_rows(scored_groups, protocol=protocol, rerank=rerank, tie_rule=tie_rule)
     return metrics.evaluate_rankings(
-        rows, [e.label_index for e in examples], tie_rule=tie_rule, hr_ks=hr_ks, ndcg_ks=ndcg_ks
+        [r for _, r in rows], [e.label_index for e, _ in rows], tie_rule=tie_rule, hr_ks=hr_ks, ndcg_ks=ndcg_ks
     )

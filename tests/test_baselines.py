@@ -119,8 +119,8 @@ def test_hard_negatives_are_the_retrievers_top_non_interacted_items():
     again = baselines.hard_negative_candidates(knn, s.test, s.catalogue, interacted, num_negatives=5, seed=3)
     assert sets == again
     positions = set()
-    for ex in s.test:
-        cs = sets[ex.user_id]
+    assert len(sets) == len(s.test)
+    for ex, cs in zip(s.test, sets):
         assert cs.target == ex.target and len(cs.item_ids) == 6 and len(set(cs.item_ids)) == 6
         negatives = [i for k, i in enumerate(cs.item_ids) if k != cs.label_index]
         assert not set(negatives) & interacted[ex.user_id]

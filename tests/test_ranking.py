@@ -165,11 +165,11 @@ def _grouped_records():
     return recs
 
 
-def test_direct_protocol_ranks_all_groups_together():
+def test_pooled_protocol_ranks_all_groups_together():
     scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
     scored = scorer.score_records(_grouped_records())
     # scores: aaaa -5 bbbbb -6 cccccc -7 | dd -3 eeeee -6 hx -3+5=2 | ffff -5 g -2 iiiiii -7
-    m = ranking.rank_groups(scored, protocol="direct")
+    m = ranking.rank_groups(scored, protocol="pooled")
     assert m["HR@1"] == 1.0 and m.num_examples == 1 and m.num_candidates == (9,)
 
 

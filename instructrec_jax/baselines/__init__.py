@@ -143,29 +143,27 @@ def hard_negative_candidates(
     *,
     num_negatives: int = 9,
     seed: int = 0,
-    key: str = "user",
-) -> dict[str, CandidateSet]:
-    """Candidate sets whose negatives are the baseline's top items the user never interacted with.
+) -> list[CandidateSet]:
+    """One candidate set per example: its negatives are the baseline's top items the user never
+    interacted with.
 
     Deterministic: the retriever's ranking breaks ties by catalogue order, and the true item's
-    position is drawn from a RNG seeded by `seed` and the example's key. `interacted` maps a user to
-    every item of their whole sequence (never offered as a negative, as for random negatives).
+    position is drawn from a RNG seeded by `seed`, the user and the target. `interacted` maps a
+    user to every item of their whole sequence (never offered as a negative, as for random ones).
     """
-    out: dict[str, CandidateSet] = {}
-    histories = [tuple(e.history) for e in examples]
-    for example, history in zip(examples, histories):
+    out: list[CandidateSet] = []
+    for example in examples:
         seen = interacted.get(example.user_id, set()) | {example.target}
-        negatives = [item for item, _ in top_items(baseline, history, catalogue, num_negatives, exclude=seen)]
+        negatives = [item for item, _ in top_items(baseline, example.history, catalogue, num_negatives, exclude=seen)]
         if len(negatives) < num_negatives:
             raise ValueError(
                 f"only {len(negatives)} non-interacted items for user {example.user_id!r}; "
                 f"{num_negatives} hard negatives were asked for"
             )
-        lookup = example.user_id if key == "user" else example.target
-        rng = np.random.default_rng([seed, _stable_hash(lookup)])
+        rng = np.random.default_rng([seed, _stable_hash(example.user_id), _stable_hash(example.target)])
         position = int(rng.integers(0, num_negatives + 1))
         items = negatives[:position] + [example.target] + negatives[position:]
-        out[lookup] = CandidateSet(user_id=example.user_id, item_ids=tuple(items), label_index=position)
+        out.append(CandidateSet(user_id=example.user_id, item_ids=tuple(items), label_index=position))
     return out
 
 

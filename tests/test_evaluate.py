@@ -1,0 +1,184 @@
+"""The evaluation run on a small prepared dataset: same candidates for every method, known-score
+LLM figures, hard negatives, the 99-negative protocols, the outputs and the gin entry."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fixture_files import write_ml100k
+from instructrec_jax import baselines, evaluate, metrics, ranking
+from instructrec_jax.baselines.popularity import fit_popularity
+from instructrec_jax.instructions.format import SCENARIOS, neg99_name
+from ranking_fixtures import CharTokenizer, KnownScoreModel
+
+FAST_BASELINES = ("popularity", "itemknn")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from instructrec_jax import prepare as prepare_module
+
+    raw = write_ml100k(tmp_path_factory.mktemp("raw"), extra_users=160, extra_items=150)
+    types = list(SCENARIOS.values()) + [neg99_name(t) for t in SCENARIOS.values()]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
+        return prepare_module.prepare("ml-100k", raw, tmp_path_factory.mktemp("prepared"), name="Tiny-ML",
+                                      vocab_size=600, types=types, max_train_examples_per_type=50,
+                                      log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def data(prepared):
+    from instructrec_jax.data.preprocess import load_prepared
+
+    return load_prepared(prepared)
+
+
+def _known_scorer(**options):
+    return ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=8, **options))
+
+
+def _known_scores(inputs, targets):
+    """KnownScoreModel's scores by hand: -(tokens + EOS), +5 when the first characters' ids match."""
+    tok = CharTokenizer()
+    first = tok.encode(inputs)[0]
+    return np.array([-(len(tok.encode(t)) + 1) + (5.0 if tok.encode(t)[0] == first else 0.0) for t in targets])
+
+
+def test_baselines_rank_exactly_the_prepared_candidate_sets(prepared, data):
+    report = evaluate.evaluate_dataset(prepared, None, evaluate.EvalConfig(baselines=FAST_BASELINES), progress=lambda m: None)
+    got = report["scenarios"]["sequential"]["methods"]["popularity"]["test"]
+    # the independent path: PreparedData's test examples and candidate sets
+    queries = baselines.queries_from_split(data.test, data.candidates[("test", 9)])
+    want = baselines.evaluate_baseline(fit_popularity(data.train), queries)
+    assert got["num_examples"] == len(data.test) == want.num_examples
+    for key in ("HR@1", "HR@5", "NDCG@5", "MRR"):
+        assert got[key] == pytest.approx(want[key])
+    # product search has its own (item-split) examples and candidate sets
+    search = report["scenarios"]["product_search"]["methods"]["itemknn"]["test"]
+    assert search["num_examples"] == len(data.search["test"])
+    assert "instructrec" not in report["scenarios"]["sequential"]["methods"]
+
+
+def test_llm_figures_equal_hand_computed_known_scores_and_best_template(prepared):
+    from instructrec_jax.instructions.templates import templates_for
+
+    config = evaluate.EvalConfig(scenarios=("sequential",), baselines=(), max_examples=12)
+    report = evaluate.evaluate_dataset(prepared, _known_scorer(), config, progress=lambda m: None)
+    llm = report["scenarios"]["sequential"]["methods"]["instructrec"]
+    by_split = {}
+    for split in ("validation", "test"):
+        records = evaluate.load_records(prepared, "p1_i0_t3", split, 12)
+        assert len({evaluate.example_key(r.example_id) for r in records}) == 12
+        per_template = {}
+        for r in records:
+            per_template.setdefault(r.template_id, []).append(r)
+        by_split[split] = {
+            t: metrics.evaluate_rankings([_known_scores(r.inputs, r.candidate_targets) for r in rows],
+                                         [r.label_index for r in rows])
+            for t, rows in per_template.items()
+        }
+        for t, want in by_split[split].items():
+            assert llm[split]["by_template"][t]["NDCG@5"] == pytest.approx(want["NDCG@5"])
+            assert llm[split]["by_template"][t]["HR@1"] == pytest.approx(want["HR@1"])
+        assert len(records) == 12 * len(templates_for("p1_i0_t3"))
+    best = min(by_split["validation"], key=lambda t: (-by_split["validation"][t]["NDCG@5"], t))
+    assert llm["best_template"] == best
+    assert llm["test_best_template"]["NDCG@5"] == pytest.approx(by_split["test"][best]["NDCG@5"])
+    assert evaluate.reported_test_metrics(report)["sequential"]["instructrec"] == llm["test_best_template"]
+
+
+def test_hard_negatives_are_the_retrievers_top_unseen_items_for_every_method(prepared, data):
+    from instructrec_jax.instructions.storage import read_item_texts
+
+    records = evaluate.load_records(prepared, "p1_i0_t3", "test", 10)
+    retriever = fit_popularity(data.train)
+    hard = evaluate.hard_negative_records(records, data, retriever, read_item_texts(prepared), "test")
+    interacted = {s.user_id: set(s.item_ids) for s in data.sequences}
+    tests = {e.user_id: e for e in data.test}
+    catalogue = sorted(data.items)
+    for record in hard:
+        negatives = [c for k, c in enumerate(record.candidates) if k != record.label_index]
+        assert record.candidates[record.label_index] == record.target_item
+        want = baselines.top_items(retriever, tests[record.user_id].history, catalogue, 9,
+                                   exclude=interacted[record.user_id])
+        assert negatives == [item for item, _ in want]
+        assert not set(negatives) & interacted[record.user_id]
+        assert record.inputs.count(record.candidate_targets[0]) >= 1  # the instruction lists the new set
+    # the same example keeps one candidate set across its templates; baselines rank that set
+    sets = {}
+    for record in hard:
+        sets.setdefault(evaluate.example_key(record.example_id), set()).add(record.candidates)
+    assert all(len(v) == 1 for v in sets.values())
+    queries = evaluate.baseline_queries(hard, data, "test")
+    assert [q.candidates for q in queries] == [next(iter(sets[q.example_id])) for q in queries]
+    report = evaluate.evaluate_dataset(
+        prepared, None, evaluate.EvalConfig(scenarios=("sequential",), baselines=("popularity",),
+                                            hard_negatives="popularity", max_examples=10), progress=lambda m: None)
+    # popularity against its own most popular unseen items: it can only win where the true item is
+    # more popular than all nine
+    assert report["scenarios"]["sequential"]["methods"]["popularity"]["test"]["HR@1"] <= 0.2
+
+
+def test_99_negative_groups_protocol_matches_a_hand_computed_tournament(prepared):
+    from instructrec_jax.instructions.generator import candidate_groups, with_candidates
+    from instructrec_jax.instructions.storage import read_item_texts
+
+    config = evaluate.EvalConfig(scenarios=("sequential",), splits=("test",), baselines=(), negatives=99,
+                                 neg99_protocol="groups", max_examples=4)
+    report = evaluate.evaluate_dataset(prepared, _known_scorer(), config, progress=lambda m: None)
+    got = report["scenarios"]["sequential"]["methods"]["instructrec"]["test"]["overall"]
+    assert got["num_candidates"] == [100] and got["num_examples"] == 4 * 3  # 4 examples x 3 templates
+
+    texts = read_item_texts(prepared)
+    rows, labels = [], []
+    for record in evaluate.load_records(prepared, neg99_name("p1_i0_t3"), "test", 4):
+        winners = []
+        for group in candidate_groups(record, texts):
+            s = _known_scores(group.inputs, group.candidate_targets)
+            best = [k for k in range(len(s)) if s[k] == s.max()]
+            pick = next((k for k in best if k != group.label_index), best[0])  # ties go against the true item
+            winners.append(group.candidates[pick])
+        final = with_candidates(record, winners, texts)
+        final_scores = dict(zip(final.candidates, _known_scores(final.inputs, final.candidate_targets)))
+        rows.append(np.array([final_scores.get(c, -np.inf) for c in record.candidates]))
+        labels.append(record.label_index)
+    want = metrics.evaluate_rankings(rows, labels)
+    for key in ("HR@1", "HR@5", "NDCG@5", "MRR"):
+        assert got[key] == pytest.approx(want[key])
+
+
+def test_99_negative_direct_protocol_ranks_the_listed_hundred(prepared):
+    config = evaluate.EvalConfig(scenarios=("sequential",), splits=("test",), baselines=("popularity",),
+                                 negatives=99, max_examples=3)
+    report = evaluate.evaluate_dataset(prepared, _known_scorer(), config, progress=lambda m: None)
+    methods = report["scenarios"]["sequential"]["methods"]
+    assert methods["instructrec"]["test"]["overall"]["num_candidates"] == [100]
+    assert methods["popularity"]["test"]["num_candidates"] == [100]
+
+
+def test_outputs_and_gin_entry_baselines_only(prepared, tmp_path):
+    out = tmp_path / "eval"
+    code = evaluate.main([
+        "--gin_file=gin/runs/eval.gin", f"--gin.EVAL_OUTPUT_DIR='{out}'", f"--gin.DATASET='{prepared}'",
+        "--gin.MODEL=None", "--gin.BASELINES=['popularity', 'itemknn']", "--gin.MAX_EXAMPLES=30",
+        "--gin.SCENARIOS=['sequential', 'personalized_i2']",
+    ])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "results.md", "results.png"]
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert set(report["scenarios"]) == {"sequential", "personalized_i2"}
+    assert report["scenarios"]["sequential"]["methods"]["itemknn"]["test"]["num_examples"] == 30
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "| sequential ⟨P1,I0,T3⟩ | Item-kNN |" in table and "true item + 9 random negatives" in table
+
+
+def test_bad_settings_are_refused_with_the_reason(prepared, tmp_path):
+    with pytest.raises(ValueError, match="scenario"):
+        evaluate.EvalConfig(scenarios=("next_basket",))
+    with pytest.raises(ValueError, match="hard negatives"):
+        evaluate.EvalConfig(hard_negatives="bpr")
+    with pytest.raises(FileNotFoundError, match="no prepared dataset"):
+        evaluate.resolve_dataset(str(tmp_path / "missing"), None)
+    assert evaluate.resolve_dataset(str(prepared), None) == (prepared, None)
