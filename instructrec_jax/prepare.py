@@ -1,4 +1,4 @@
-"""`instructrec prepare`: raw logs → a prepared dataset directory with instructions and vocabulary.
+"""`instructrec prepare`: raw logs → a prepared dataset with instructions and a vocabulary.
 
 One call reads a source, filters and splits it (data/preprocess.py), generates the instruction
 records of every type (instructions/generator.py), writes them as TFRecord shards with a
@@ -24,9 +24,10 @@ from typing import Callable, Sequence
 
 from instructrec_jax.atomic import atomic_directory
 from instructrec_jax.instructions import storage
-from instructrec_jax.instructions.format import SCENARIOS, InstructionRecord
+from instructrec_jax.instructions.format import SCENARIOS
 from instructrec_jax.instructions.generator import GeneratorOptions, iter_instructions
-from instructrec_jax.instructions.render import RENDER_STYLES, ItemRenderer, id_tokens, render_catalogue
+from instructrec_jax.instructions.render import (RENDER_STYLES, ItemRenderer, id_tokens,
+                                                 render_catalogue)
 from instructrec_jax.instructions.templates import TEMPLATES
 from instructrec_jax.vocabulary import DEFAULT_VOCAB_SIZE, copy_vocabulary, train_vocabulary
 
@@ -38,7 +39,9 @@ VOCAB_SAMPLE_RECORDS = 4000  # instruction records (inputs + targets) sampled fo
 def default_data_dir() -> Path:
     """$INSTRUCTREC_DATA_DIR, else ~/.cache/instructrec_jax/prepared."""
     env = os.environ.get("INSTRUCTREC_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "instructrec_jax" / "prepared"
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "instructrec_jax" / "prepared"
 
 
 def dataset_folder_name(name: str) -> str:
@@ -91,7 +94,8 @@ def _counts_table(sample: _VocabularySample) -> str:
         lines.append(f"| {type_name} | {cells} |")
     lines += ["", "| template | train | validation | test |", "|---|---:|---:|---:|"]
     for template in TEMPLATES:
-        cells = " | ".join(f"{sample.templates.get((template.template_id, s), 0):,}" for s in splits)
+        cells = " | ".join(f"{sample.templates.get((template.template_id, s), 0):,}"
+                           for s in splits)
         lines.append(f"| {template.template_id} ({template.instruction_type}) | {cells} |")
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,8 @@ def train_vocabulary(texts: Iterable[str], path: str | os.PathLike,
     """
     import sentencepiece as spm
 
-    symbols = [s if s.startswith(WORD_BOUNDARY) else WORD_BOUNDARY + s for s in user_defined_symbols]
+    symbols = [s if s.startswith(WORD_BOUNDARY) else WORD_BOUNDARY + s
+               for s in user_defined_symbols]
     if len(set(symbols)) != len(symbols):
         raise ValueError("user_defined_symbols must be distinct")
     minimum = len(symbols) + 3 + 256 + 1  # symbols, specials, byte pieces, at least one more
@@ -81,7 +82,7 @@ def pieces_missing(path: str | os.PathLike, symbols: Iterable[str]) -> list[str]
     missing = []
     for symbol in symbols:
         bare = symbol.removeprefix(WORD_BOUNDARY)
-        if processor.piece_to_id(WORD_BOUNDARY + bare) == unk and processor.piece_to_id(bare) == unk:
+        if unk == processor.piece_to_id(WORD_BOUNDARY + bare) == processor.piece_to_id(bare):
             missing.append(bare)
     return missing
 

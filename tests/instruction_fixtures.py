@@ -37,7 +37,8 @@ def store_items(n_items: int = 130) -> dict[str, Item]:
     return items
 
 
-def store_raw(n_users: int = 40, per_user: int = 10, n_items: int = 130, seed: int = 0) -> RawDataset:
+def store_raw(n_users: int = 40, per_user: int = 10, n_items: int = 130,
+              seed: int = 0) -> RawDataset:
     rng = random.Random(seed)
     items = store_items(n_items)
     ids = sorted(items)

@@ -21,7 +21,8 @@ MOVIE_FACTS = derive.catalogue_facts(MOVIES)
 GAMES = {
     "a": Item("a", "Mario Kart 8", ("Video Games", "Nintendo Switch", "Racing"), brand="Nintendo",
               description="Race with friends online. Racing with items, drifting and drifting."),
-    "b": Item("b", "Zelda Breath", ("Video Games", "Nintendo Switch", "Adventure"), brand="Nintendo",
+    "b": Item("b", "Zelda Breath", ("Video Games", "Nintendo Switch", "Adventure"),
+              brand="Nintendo",
               description="Explore a vast open world; climb, glide and cook."),
     "c": Item("c", "Sonic Mania", ("Video Games", "PC", "Platformer"), brand="Sega",
               description="Fast platforming with classic zones."),
@@ -134,7 +135,8 @@ def test_common_traits_count_what_several_items_share():
 def test_explanation_names_the_shared_taste():
     history = [MOVIES[i] for i in ("1", "4", "2")]
     text = derive.preference_explanation(MOVIES["6"], "Annie Hall", history, MOVIE_FACTS)
-    assert text == "They often choose Comedy (2 of their last 3 items), and Annie Hall is Comedy too."
+    assert text == ("They often choose Comedy (2 of their last 3 items), "
+                    "and Annie Hall is Comedy too.")
     text = derive.preference_explanation(MOVIES["3"], "Four Rooms", history, MOVIE_FACTS)
     assert "Thriller (1 of their last 3 items)" in text and "from the 1990s" in text
 

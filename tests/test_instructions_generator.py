@@ -63,6 +63,17 @@ def test_training_uses_one_record_per_example_and_type(data, records):
     assert len(records["p0_i2_t3"]["train"]) == len(data.search["train"])
 
 
+def test_query_item_pairs_of_product_search_eval_items_stay_out_of_training(data, records):
+    held_out = {e.target for split in ("valid", "test") for e in data.search[split]}
+    assert held_out
+    for name in ("p1_i2_t3", "p1_i2_t2", "rev_history_to_next_query", "rev_query_item_to_history"):
+        train = records[name]["train"]
+        assert not {r.target_item for r in train} & held_out or name == "rev_query_item_to_history"
+        assert len(train) == sum(e.target not in held_out for e in data.train)
+    # types without a specific query keep every training example
+    assert any(r.target_item in held_out for r in records["p1_i1_t3"]["train"])
+
+
 def test_evaluation_has_one_record_per_example_and_template_with_the_shared_sets(data, records):
     for type_name in SCENARIOS.values():
         itype = INSTRUCTION_TYPES[type_name]
@@ -130,17 +141,20 @@ def test_explicit_preference_reads_only_the_history_shown():
     sequence = patched.sequences[0]
     secret = Item("SECRET", "Secret", ("Video Games", "PC", "Underwater Basket Weaving"))
     patched.items = {**patched.items, "SECRET": secret}
-    patched.sequences[0] = dataclasses.replace(sequence, item_ids=sequence.item_ids[:-1] + ("SECRET",))
+    patched.sequences[0] = dataclasses.replace(sequence,
+                                               item_ids=sequence.item_ids[:-1] + ("SECRET",))
     test_example = next(i for i, e in enumerate(patched.test) if e.user_id == sequence.user_id)
     patched.test[test_example] = dataclasses.replace(patched.test[test_example], target="SECRET")
     for n in (9, 99):
         cset = patched.candidates[("test", n)][sequence.user_id]
         ids = list(cset.item_ids)
         ids[cset.label_index] = "SECRET"
-        patched.candidates[("test", n)][sequence.user_id] = dataclasses.replace(cset, item_ids=tuple(ids))
+        patched.candidates[("test", n)][sequence.user_id] = dataclasses.replace(
+            cset, item_ids=tuple(ids))
     out = generate_instructions(patched, types=["rev_history_to_preference", "p1p2_i0_t3",
                                                 "p2_i0_t3", "p1_i0_t2_cot"])
-    texts = [r.inputs + r.targets for by_split in out.values() for rs in by_split.values() for r in rs]
+    texts = [r.inputs + r.targets
+             for by_split in out.values() for rs in by_split.values() for r in rs]
     assert sum("Secret" in t for t in texts) >= 3  # it is there, as a candidate and a target
     assert not any("Underwater" in t for t in texts)
 
@@ -204,7 +218,8 @@ def test_reversed_tasks_have_text_targets(data, records):
 
 def test_neg99_records_list_the_shared_hundred_candidates(data, records):
     # Default: the five scenarios only.
-    assert {n for n in records if n.endswith("_neg99")} == {t + "_neg99" for t in SCENARIOS.values()}
+    neg99 = {n for n in records if n.endswith("_neg99")}
+    assert neg99 == {t + "_neg99" for t in SCENARIOS.values()}
     for r in records["p1_i0_t3_neg99"]["test"]:
         full = data.candidates[("test", 99)][r.user_id]
         assert r.candidates == full.item_ids and r.label_index == full.label_index

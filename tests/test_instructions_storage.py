@@ -60,7 +60,8 @@ def test_shards_are_named_k_of_n_and_listed_in_the_manifest(written):
         "files": ["instructions/p1_i0_t3/test-00000-of-00002.tfrecord",
                   "instructions/p1_i0_t3/test-00001-of-00002.tfrecord"],
         "num_examples": 3, "templates": {"pref-01": 2, "pref-02": 1}}
-    assert section["p1_i0_t3"]["train"]["files"] == ["instructions/p1_i0_t3/train-00000-of-00001.tfrecord"]
+    assert section["p1_i0_t3"]["train"]["files"] == [
+        "instructions/p1_i0_t3/train-00000-of-00001.tfrecord"]
     assert sorted(os.listdir(directory / "instructions" / "p1_i0_t3")) == [
         "test-00000-of-00002.tfrecord", "test-00001-of-00002.tfrecord",
         "train-00000-of-00001.tfrecord"]

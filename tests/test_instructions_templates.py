@@ -29,7 +29,8 @@ def test_type_names_spell_their_parts():
         if itype.reversed:
             assert name.startswith("rev_")
             continue
-        code = "".join(p.value for p in itype.preferences) + f"_{itype.intention.value}_{itype.task_form.value}"
+        code = "".join(p.value for p in itype.preferences)
+        code += f"_{itype.intention.value}_{itype.task_form.value}"
         assert name.split("_cot")[0] == code
     assert INSTRUCTION_TYPES["p1p2_i0_t3"].preferences == (Preference.P1, Preference.P2)
     assert INSTRUCTION_TYPES["p0_i2_t3"].intention is Intention.I2

@@ -1,4 +1,4 @@
-"""`instructrec prepare`: the whole dataset directory, written atomically, from real-format files."""
+"""`instructrec prepare`: the whole dataset directory, written atomically, from real files."""
 
 import json
 import os
@@ -121,7 +121,8 @@ def test_cli_with_options(ml_dir, tmp_path, capsys):
     assert set(manifest["instructions"]) == {"p1_i0_t3", "p1_i1_t3"}
     assert manifest["preprocess"]["negatives"] == [9] and manifest["preprocess"]["seed"] == 3
     record = next(storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "test"))
-    assert record.targets.startswith("<item_") and record.targets == record.candidate_targets[record.label_index]
+    assert record.targets.startswith("<item_")
+    assert record.targets == record.candidate_targets[record.label_index]
     from instructrec_jax.vocabulary import load_vocabulary
     assert len(load_vocabulary(tmp_path / "cli" / "spiece.model").encode(record.targets)) == 1
     assert "prepared dataset:" in capsys.readouterr().out

@@ -31,7 +31,8 @@ def test_small_corpus_lowers_the_size_with_a_message(model):
 def test_t5_special_ids(model):
     import sentencepiece as spm
     processor = spm.SentencePieceProcessor(model_file=str(model[0]))
-    assert (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) == (0, 1, 2, -1)
+    ids = (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id())
+    assert ids == (0, 1, 2, -1)
     assert processor.id_to_piece(0) == "<pad>" and processor.id_to_piece(1) == "</s>"
 
 
@@ -58,7 +59,8 @@ def test_id_tokens_are_single_pieces_in_running_text(model):
     processor = spm.SentencePieceProcessor(model_file=str(model[0]))
     for token in TOKENS:
         assert len(v.encode(token)) == 1
-        assert processor.encode(f"watched {token}; {token}", out_type=str).count("\u2581" + token) == 2
+        pieces = processor.encode(f"watched {token}; {token}", out_type=str)
+        assert pieces.count("\u2581" + token) == 2
     assert v.decode(v.encode("<item_22> Toy Story")) == "<item_22> Toy Story"
 
 

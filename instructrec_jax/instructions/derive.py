@@ -54,7 +54,7 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 
 @dataclasses.dataclass(frozen=True)
 class CatalogueFacts:
-    """Dataset-wide facts the derivations consult: how common each category is, and keyword rarity."""
+    """Dataset-wide facts the derivations consult: category shares and keyword rarity."""
 
     category_share: Mapping[str, float]
     keyword_idf: Mapping[str, float]
@@ -190,7 +190,8 @@ def explicit_preference(history: Sequence[Item], facts: CatalogueFacts,
     if brand and brand[1] >= 2:
         parts.append(f"often by {brand[0]}" if parts else f"Often chooses {brand[0]}")
     if not parts:
-        parts.append(f"Has varied taste; lately chose {history[-1].title.strip() or 'an unnamed item'}")
+        latest = history[-1].title.strip() or "an unnamed item"
+        parts.append(f"Has varied taste; lately chose {latest}")
     sentence = ", ".join(parts) + "."
     quote = _best_quote(reviews)
     if quote:
@@ -225,10 +226,11 @@ def common_traits(history: Sequence[Item], facts: CatalogueFacts) -> str:
     common" reversed task. Categories carried by at least two items (up to three), the dominant
     decade and brand if at least two items share them.
 
-    Example: "Drama (9 of 20), Comedy (6 of 20) and Thriller (4 of 20); 15 of 20 are from the 1990s."
+    Example: "Drama (9 of 20) and Comedy (6 of 20); 15 of 20 are from the 1990s."
     """
     n = len(history)
-    ranked = [(c, k) for c, k in _ranked_categories(history, facts) if k >= 2][:MAX_PREFERENCE_CATEGORIES]
+    ranked = [(c, k) for c, k in _ranked_categories(history, facts) if k >= 2]
+    ranked = ranked[:MAX_PREFERENCE_CATEGORIES]
     parts = []
     if ranked:
         parts.append(_join_words([f"{c} ({k} of {n})" for c, k in ranked]))
@@ -270,7 +272,8 @@ def vague_intention(target: Item, facts: CatalogueFacts, review_sentence: str | 
     return f"something from the {era}" if era else "something new to try"
 
 
-def query_keywords(target: Item, facts: CatalogueFacts, limit: int = MAX_QUERY_KEYWORDS) -> list[str]:
+def query_keywords(target: Item, facts: CatalogueFacts,
+                   limit: int = MAX_QUERY_KEYWORDS) -> list[str]:
     """Up to `limit` description keywords of the target ranked by tf·idf (ties alphabetical),
     excluding the target's title words, category words and stopwords."""
     if not target.description:
@@ -331,6 +334,7 @@ def preference_explanation(target: Item, target_text: str, history: Sequence[Ite
     if not sentences:
         usual = _join_words([c for c, _ in ranked[:2]]) or "usual choices"
         kind = _join_words(sorted(target_categories)) or "something different"
-        return f"{target_text} departs from their usual {usual}: it is {kind}, a new direction for them."
+        return (f"{target_text} departs from their usual {usual}: it is {kind}, "
+                "a new direction for them.")
     text = "; ".join(sentences)
     return text[0].upper() + text[1:] + "."

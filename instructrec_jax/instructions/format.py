@@ -99,7 +99,7 @@ def _types(*types: InstructionType) -> dict[str, InstructionType]:
 INSTRUCTION_TYPES: dict[str, InstructionType] = _types(
     # Preference-only recommendation.
     InstructionType("p1_i0_t3", (P1,), I0, T3, False,
-                    "sequential recommendation: pick the next item from candidates, given the history",
+                    "sequential recommendation: pick the next item from candidates",
                     evaluated=True),
     InstructionType("p1_i0_t2", (P1,), I0, T2, False,
                     "matching: name the next item from the whole catalogue, given the history",
@@ -115,7 +115,8 @@ INSTRUCTION_TYPES: dict[str, InstructionType] = _types(
                     "explicit preference only: name an item that fits the stated taste",
                     evaluated=True),
     InstructionType("p1p2_i0_t3", (P1, P2), I0, T3, False,
-                    "personalised: history plus stated taste, pick from candidates", evaluated=True),
+                    "personalised: history plus stated taste, pick from candidates",
+                    evaluated=True),
     InstructionType("p1_i0_t2_cot", (P1,), I0, T2, False,
                     "chain of thought: state the user's taste, then name the next item",
                     output=Output.PREFERENCE_THEN_ITEM),
@@ -183,7 +184,8 @@ def base_type(type_name: str) -> InstructionType:
     """The registered type a (possibly `_neg99`) type name refers to; KeyError lists the names."""
     name = type_name.removesuffix(NEG99_SUFFIX)
     if name not in INSTRUCTION_TYPES:
-        raise KeyError(f"unknown instruction type {type_name!r}; known: {sorted(INSTRUCTION_TYPES)}")
+        raise KeyError(f"unknown instruction type {type_name!r}; "
+                       f"known: {sorted(INSTRUCTION_TYPES)}")
     return INSTRUCTION_TYPES[name]
 
 

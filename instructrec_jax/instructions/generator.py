@@ -18,6 +18,8 @@ What goes where:
 No information from validation/test targets reaches training records: training examples come
 from training positions only, their histories precede the target, derived preferences read only
 the history shown, and training negatives exclude only items of the user's training part.
+Training records that pair a specific query (I2) with its item never target an item of the
+product-search validation/test splits, so those queries stay unseen, as the paper's split intends.
 
 Determinism: each (type, split) has its own `random.Random` seeded from (seed, type, split) and
 walks users in id order, so a type's records do not depend on which other types are generated.
@@ -35,7 +37,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from instructrec_jax.data.types import CandidateSet, Item, SplitExample, UserSequence
 from instructrec_jax.instructions import derive
 from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX, SCENARIOS,
-                                                 ExampleSource,
+                                                 ExampleSource, Intention,
                                                  InstructionRecord, InstructionType, Output,
                                                  TaskForm, base_type, neg99_name)
 from instructrec_jax.instructions.render import ItemRenderer, join_items, render_catalogue
@@ -88,7 +90,7 @@ class GeneratorOptions:
 
 
 def time_context(example: SplitExample) -> str:
-    """A context sentence from the request's time (UTC), e.g. "It is a Saturday evening in March 1998."."""
+    """A context sentence from the request time (UTC), e.g. "It is a Monday night in May 1998."."""
     moment = datetime.datetime.fromtimestamp(example.timestamp, datetime.timezone.utc)
     part = ("night", "morning", "afternoon", "evening")[moment.hour // 6]
     return f"It is a {moment:%A} {part} in {moment:%B %Y}."
@@ -106,8 +108,10 @@ class _Catalogue:
         self.train_items = {s.user_id: frozenset(s.item_ids[: max(len(s) - 2, 0)])
                             for s in data.sequences}
         self.pool = tuple(data.items)
-        search_train = data.search.get("train", []) if data.search else []
-        self.search_pool = tuple(sorted({e.target for e in search_train})) or self.pool
+        search = data.search or {}
+        self.search_pool = tuple(sorted({e.target for e in search.get("train", [])})) or self.pool
+        self.search_eval_items = frozenset(e.target for split in ("valid", "test")
+                                           for e in search.get(split, []))
         self._query: dict[str, str] = {}
         self._vague: dict[str, str] = {}
         self._sentences: dict[tuple[str, int, bool], str | None] = {}
@@ -115,7 +119,8 @@ class _Catalogue:
     def query(self, item_id: str) -> str:
         value = self._query.get(item_id)
         if value is None:
-            value = self._query[item_id] = derive.specific_intention(self.items[item_id], self.facts)
+            value = derive.specific_intention(self.items[item_id], self.facts)
+            self._query[item_id] = value
         return value
 
     def review_sentence(self, user_id: str, position: int, review: str | None,
@@ -162,8 +167,7 @@ class _Example:
     @property
     def history(self) -> str:
         if self._history is None:
-            text = self.cat.text
-            self._history = join_items(text[i] for i in self.ex.history)
+            self._history = join_items(map(self.cat.text.__getitem__, self.ex.history))
         return self._history
 
     @property
@@ -198,7 +202,8 @@ class _TypeBuilder:
         self.rng = random.Random(f"{options.seed}|{name}|{split}")
         self.context: ContextFn | None = (time_context if options.context == "time"
                                           else options.context)
-        self.pool = catalogue.search_pool if itype.source is ExampleSource.SEARCH else catalogue.pool
+        search = itype.source is ExampleSource.SEARCH
+        self.pool = catalogue.search_pool if search else catalogue.pool
         self._yes_next: dict[str, bool] = {}
 
     # -- choices drawn per record ------------------------------------------------------------
@@ -207,17 +212,20 @@ class _TypeBuilder:
         if self.evaluation or k == "all" or k >= len(self.templates):
             return self.templates
         if k == 1:
-            return (self.templates[self.rng.randrange(len(self.templates))],)
+            return (self.templates[int(self.rng.random() * len(self.templates))],)
         return self.rng.sample(self.templates, k)
 
     def _negatives(self, user_id: str, target: str, n: int) -> list[str]:
         """n distinct items outside the user's training part and ≠ target (fewer if the pool is
-        too small to hold n)."""
+        too small to hold n; none at all is an error)."""
         exclude = self.cat.train_items.get(user_id, frozenset())
         pool, rng = self.pool, self.rng
         picked: list[str] = []
         if len(pool) - len(exclude) - 1 < 4 * n:  # small pool: enumerate instead of rejecting
             allowed = [i for i in pool if i not in exclude and i != target]
+            if not allowed:
+                raise ValueError(f"user {user_id!r} interacted with every item that could be a "
+                                 f"negative for {self.name}; the catalogue is too small")
             return rng.sample(allowed, min(n, len(allowed)))
         size, draw = len(pool), rng.random  # random() is several times cheaper than randrange()
         while len(picked) < n:
@@ -227,7 +235,8 @@ class _TypeBuilder:
         return picked
 
     # -- record assembly ---------------------------------------------------------------------
-    def records(self, example: _Example, candidate_set: CandidateSet | None) -> Iterator[InstructionRecord]:
+    def records(self, example: _Example,
+                candidate_set: CandidateSet | None) -> Iterator[InstructionRecord]:
         ex, itype, text = example.ex, self.itype, self.cat.text
         output = itype.output
         values: dict[str, str] = {}
@@ -235,9 +244,9 @@ class _TypeBuilder:
             values["history"] = example.history
         if "preference" in self.slots:
             values["preference"] = example.preference
-        if itype.intention.value == "i1":
+        if itype.intention is Intention.I1:
             values["intention"] = self.cat.vague(ex)
-        elif itype.intention.value == "i2":
+        elif itype.intention is Intention.I2:
             values["intention"] = self.cat.query(ex.target)
         target_text = text[ex.target]
         values["target"] = target_text
@@ -261,10 +270,12 @@ class _TypeBuilder:
                 candidates, label = candidate_set.item_ids, candidate_set.label_index
             else:
                 negatives = self._negatives(ex.user_id, ex.target, self.options.negatives)
-                label = self.rng.randrange(len(negatives) + 1)
+                label = int(self.rng.random() * (len(negatives) + 1))
                 negatives.insert(label, ex.target)
                 candidates = tuple(negatives)
-            values["candidates"] = join_items(text[c] for c in candidates)
+        candidate_texts = tuple(map(text.__getitem__, candidates))  # C-level lookups: hot path
+        if itype.task_form is TaskForm.T3:
+            values["candidates"] = join_items(candidate_texts)
         if output is Output.QUERY:
             values["item"], values["query"] = target_text, self.cat.query(ex.target)
             target_item = ""
@@ -292,10 +303,10 @@ class _TypeBuilder:
             inputs, targets = template.render(slots)
             if candidates and output is not Output.YES_NO:
                 if template.target == "{target}":
-                    candidate_targets = tuple(text[c] for c in candidates)
+                    candidate_targets = candidate_texts
                 else:
-                    candidate_targets = tuple(template.render_target(slots, text[c])
-                                              for c in candidates)
+                    candidate_targets = tuple(template.render_target(slots, t)
+                                              for t in candidate_texts)
             elif candidates:
                 candidate_targets = ("yes",)
             else:
@@ -375,7 +386,8 @@ def _candidate_sets(data, itype: InstructionType, split: str, n: int) -> Mapping
     return source[key]
 
 
-def _visit_order(examples: list[SplitExample], shuffle_seed: str | None) -> list[tuple[int, SplitExample]]:
+def _visit_order(examples: list[SplitExample],
+                 shuffle_seed: str | None) -> list[tuple[int, SplitExample]]:
     """(index, example) pairs in the order records are made: seeded random for training,
     otherwise grouped by user in first-appearance order (each user's in their original order)."""
     if shuffle_seed is not None:
@@ -411,12 +423,19 @@ class _Job:
         # A training example without history gives nothing to describe for these types.
         self.needs_history = split == "train" and (
             itype.uses_history or itype.output in (Output.PREFERENCE, Output.COMMON))
+        # Product search is evaluated on items whose queries are never seen in training; a
+        # sequential type pairing a query (I2) with its item must not teach those pairs either.
+        self.held_out: frozenset[str] = frozenset()
+        if split == "train" and itype.intention is Intention.I2 \
+                and itype.source is ExampleSource.SEQUENTIAL:
+            self.held_out = catalogue.search_eval_items
 
-    def records(self, index: int, example: _Example) -> Iterator[tuple[str, str, InstructionRecord]]:
+    def records(self, index: int,
+                example: _Example) -> Iterator[tuple[str, str, InstructionRecord]]:
         if self.selected is not None and index not in self.selected:
             return
         ex = example.ex
-        if self.needs_history and not ex.history:
+        if (self.needs_history and not ex.history) or ex.target in self.held_out:
             return
         name, split = self.name, self.split
         if self.sets is None:
@@ -492,7 +511,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           renderer: ItemRenderer | str = "title",
                           templates_per_example: int | str = 1,
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
-                          context: str | ContextFn | None = None
+                          context: str | ContextFn | None = None, neg99: str = "scenarios"
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -500,7 +519,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         renderer=ItemRenderer(renderer) if isinstance(renderer, str) else renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
-        context=context)
+        context=context, neg99=neg99)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)

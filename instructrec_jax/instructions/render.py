@@ -33,7 +33,8 @@ class ItemRenderer:
 
     def __post_init__(self):
         if self.style not in RENDER_STYLES:
-            raise ValueError(f"unknown item renderer {self.style!r}; expected one of {RENDER_STYLES}")
+            raise ValueError(f"unknown item renderer {self.style!r}; "
+                             f"expected one of {RENDER_STYLES}")
         if self.max_title_words is not None and self.max_title_words < 1:
             raise ValueError(f"max_title_words must be >= 1 or None, got {self.max_title_words}")
 
@@ -70,13 +71,13 @@ def id_token(item_id: str) -> str:
     are refused, since the token must be one unambiguous vocabulary piece."""
     if not _SAFE_ID.match(item_id):
         raise ValueError(
-            f"item id {item_id!r} cannot become an id token (allowed characters: A-Z a-z 0-9 _ . -); "
+            f"item id {item_id!r} cannot become an id token (allowed: A-Z a-z 0-9 _ . -); "
             "use the 'title' or 'title_year' renderer for this dataset")
     return f"<item_{item_id}>"
 
 
 def id_tokens(item_ids: Iterable[str]) -> tuple[str, ...]:
-    """The id tokens of a catalogue, in a stable (sorted by id) order: user-defined vocabulary symbols."""
+    """The id tokens of a catalogue sorted by id: the user-defined vocabulary symbols."""
     return tuple(id_token(i) for i in sorted(item_ids))
 
 

@@ -38,7 +38,7 @@ INT_FIELDS = ("label_index",)
 
 
 def feature_description() -> dict[str, Any]:
-    """The tf.io parsing spec (for `seqio.TFExampleDataSource`); lists parse to dense 1-D tensors."""
+    """The tf.io parsing spec for `seqio.TFExampleDataSource`; lists parse to dense 1-D tensors."""
     import tensorflow as tf
 
     spec: dict[str, Any] = {name: tf.io.FixedLenFeature([], tf.string) for name in STRING_FIELDS}
@@ -232,7 +232,7 @@ def _feature_values(data: bytes, start: int, end: int, key: str) -> list:
 
 
 def decode_example(data: bytes) -> dict[str, list]:
-    """A serialized tf.train.Example as {feature name: list of bytes or ints} (floats unsupported)."""
+    """A serialized tf.train.Example as {feature name: list of bytes or ints} (no floats)."""
     out: dict[str, list] = {}
     pos, end = 0, len(data)
     while pos < end:

@@ -76,14 +76,16 @@ class Template:
         """Words in the input text, a placeholder counting as one word."""
         return len(self.text.split())
 
+    @functools.cached_property
+    def _used(self) -> tuple[str, ...]:
+        return tuple(sorted(self.placeholders | self.target_placeholders))
+
     def render(self, slots: TemplateSlots) -> tuple[str, str]:
-        """Returns (inputs, targets); raises ValueError naming the template if a used slot is empty."""
-        values = {}
-        for name in self.placeholders | self.target_placeholders:
-            value = getattr(slots, name)
-            if not value:
-                raise ValueError(f"template {self.template_id}: slot {{{name}}} is empty")
-            values[name] = value
+        """Returns (inputs, targets); a used slot left empty is a ValueError naming the template."""
+        values = {name: getattr(slots, name) for name in self._used}
+        if not all(values.values()):
+            empty = next(name for name, value in values.items() if not value)
+            raise ValueError(f"template {self.template_id}: slot {{{empty}}} is empty")
         return self.text.format_map(values), self.target.format_map(values)
 
     def render_target(self, slots: TemplateSlots, target: str) -> str:
@@ -124,7 +126,8 @@ def slots_for_type(type_name: str) -> frozenset[str]:
 
 
 def _t(template_id: str, type_name: str, text: str, target: str = "{target}") -> Template:
-    family = {"pref": "preference", "int": "intention", "comb": "combined"}[template_id.split("-")[0]]
+    prefix = template_id.split("-")[0]
+    family = {"pref": "preference", "int": "intention", "comb": "combined"}[prefix]
     return Template(template_id, family, type_name, text, target)
 
 
@@ -157,8 +160,8 @@ TEMPLATES: tuple[Template, ...] = (
        "{answer}"),
     _t("pref-07", "p1_i0_t0",
        "Consider this sequence of items a person interacted with: {history}. Is {item} the item "
-       "they go on to choose immediately afterwards? Think about what they tend to like and reply "
-       "with a single word, either yes or no, nothing else.",
+       "they go on to choose immediately afterwards? Think about what they tend to like and "
+       "reply with a single word, either yes or no, nothing else.",
        "{answer}"),
     _t("pref-08", "p1_i0_t1",
        "Someone has recently engaged with {history}. Only two options are left for their next "
@@ -182,8 +185,8 @@ TEMPLATES: tuple[Template, ...] = (
        "{candidates}? Write only the name of the winning item, as it is listed."),
     _t("pref-13", "p1_i0_t2_cot",
        "Here are the items a user went through, in order: {history}. First describe in one "
-       "sentence what this user seems to like, then, building on that description, name the "
-       "item they are most likely to pick after these ones.",
+       "sentence what this user seems to like, then, building on that description, name the item "
+       "they are most likely to pick after these ones.",
        "{preference} So the next item is: {target}"),
     _t("pref-14", "rev_history_to_preference",
        "Below is the list of items one person interacted with, earliest first: {history}. Write "
@@ -201,35 +204,36 @@ TEMPLATES: tuple[Template, ...] = (
        "several of them share, in one or two sentences.",
        "{common}"),
     _t("pref-17", "rev_item_to_preference",
-       "A user with this history, {history}, then went on to choose {item}. Explain briefly which part "
-       "of their taste most likely led them to that choice, referring to what the new item "
-       "shares with the things they chose before.",
+       "A user with this history, {history}, then went on to choose {item}. Explain briefly "
+       "which part of their taste most likely led them to that choice, referring to what the new "
+       "item shares with the things they chose before.",
        "{explanation}"),
     # ---- intention (9): a need, no knowledge of the user ----
     _t("int-01", "p0_i2_t3",
-       "Act as the search engine of a large online store. A customer typed the query \"{intention}\". "
-       "Out of the following results, return the one that answers the query best: "
+       "Act as the search engine of a large online store. A customer typed the query "
+       "\"{intention}\". Out of the following results, return the one that answers the query best: "
        "{candidates}. Give the name of the best item only."),
     _t("int-02", "p0_i2_t3",
-       "Search request typed by a shopper: {intention}. Several matching items were retrieved for it: {candidates}. Decide "
-       "which retrieved item is the most relevant to the request, as a careful shop assistant "
-       "would, and reply with the name of that item and nothing more."),
+       "Search request typed by a shopper: {intention}. Several matching items were retrieved "
+       "for it: {candidates}. Decide which retrieved item is the most relevant to the request, "
+       "as a careful shop assistant would, and reply with the name of that item and nothing "
+       "more."),
     _t("int-03", "p0_i2_t3",
-       "A first-time visitor to the store, about whom nothing is known, searches for {intention}. Choose, "
-       "from these candidate items, the single item that should be shown at the top of the "
-       "result page: {candidates}. Answer with its name, as listed."),
+       "A first-time visitor to the store, about whom nothing is known, searches for "
+       "{intention}. Choose, from these candidate items, the single item that should be shown at "
+       "the top of the result page: {candidates}. Answer with its name, as listed."),
     _t("int-04", "p0_i2_t2",
-       "You are a product search engine. For the query \"{intention}\", retrieve the one item "
-       "from the catalogue that matches it most closely, taking every keyword of the query into "
+       "You are a product search engine. For the query \"{intention}\", retrieve the one item from "
+       "the catalogue that matches it most closely, taking every keyword of the query into "
        "account, and reply with the name of that single item."),
     _t("int-05", "p0_i2_t2",
-       "Someone asks the shop assistant: \"Can you find me something matching {intention}?\" "
-       "They have never bought anything from us. Which item of the catalogue would the assistant "
-       "hand over as the best answer to this question? Name that item."),
+       "Someone asks the shop assistant: \"Can you find me something matching {intention}?\" They "
+       "have never bought anything from us. Which item of the catalogue would the assistant hand "
+       "over as the best answer to this question? Name that item."),
     _t("int-06", "p0_i1_t3",
        "A customer we have never seen before says: \"I am looking for {intention}.\" From this "
-       "short list of options, which item fits that wish most naturally: {candidates}? Reply with the name of "
-       "the item exactly as it is listed."),
+       "short list of options, which item fits that wish most naturally: {candidates}? Reply "
+       "with the name of the item exactly as it is listed."),
     _t("int-07", "p0_i1_t3",
        "A new visitor explains their need in their own words: they want {intention}. Here are "
        "some options we could suggest to them: {candidates}. Pick the option that meets the need "
@@ -240,8 +244,8 @@ TEMPLATES: tuple[Template, ...] = (
        "that query down without naming the item.",
        "{query}"),
     _t("int-09", "rev_item_to_query",
-       "Write the search keywords that would lead a shopper straight to {item}. Describe its kind "
-       "and its main features the way a customer would type them into a search bar, without "
+       "Write the search keywords that would lead a shopper straight to {item}. Describe its "
+       "kind and its main features the way a customer would type them into a search bar, without "
        "repeating the name of the item itself.",
        "{query}"),
     # ---- combined (13): taste and need together ----
@@ -250,9 +254,9 @@ TEMPLATES: tuple[Template, ...] = (
        "Weigh both their history and this request, and choose the best fitting item from these "
        "candidates: {candidates}. Answer with the item name as it is listed."),
     _t("comb-02", "p1_i1_t3",
-       "Act as a friendly personal shopping guide in a store. Recently your client picked {history}. Now they ask "
-       "for {intention}. Which of the items on the shelf suits them best: {candidates}? Name just "
-       "that one item in your answer, nothing more."),
+       "Act as a friendly personal shopping guide in a store. Recently your client picked "
+       "{history}. Now they ask for {intention}. Which of the items on the shelf suits them "
+       "best: {candidates}? Name just that one item in your answer, nothing more."),
     _t("comb-03", "p1_i1_t3",
        "Given what this person chose before, namely {history}, and the wish they expressed now, "
        "which is {intention}, decide which of the following candidates to recommend to them: "
@@ -264,14 +268,15 @@ TEMPLATES: tuple[Template, ...] = (
     _t("comb-05", "p1_i2_t3",
        "Search query: {intention}. Previous items of the searcher, earliest first: {history}. "
        "Candidate results: {candidates}. Select the result this particular searcher is most "
-       "likely to choose, considering the query first and their taste second. Output the name of the item."),
+       "likely to choose, considering the query first and their taste second. Output the name of "
+       "the item."),
     _t("comb-06", "p1_i2_t3",
        "As a shopping assistant, you know that your customer recently went for {history}. They "
        "now want an item with these features: {intention}. Pick the one from {candidates} that "
        "fits the features and their habits best, and name it in your reply."),
     _t("comb-07", "p1_i1_t2",
-       "Taking into account both that the user already went through {history}, and that right now "
-       "they would like {intention}, recommend one item from the entire catalogue that "
+       "Taking into account both that the user already went through {history}, and that right "
+       "now they would like {intention}, recommend one item from the entire catalogue that "
        "satisfies this request. Answer with the name of the item only."),
     _t("comb-08", "p1_i2_t2",
        "The user searched for \"{intention}\". Their earlier choices were {history}. Using the "
@@ -282,14 +287,14 @@ TEMPLATES: tuple[Template, ...] = (
        "choices, {history}, suggest the item from our whole catalogue that matches the "
        "description and would also suit this customer. Give the name of the item only."),
     _t("comb-10", "rev_query_item_to_history",
-       "A user searched for \"{intention}\" and then chose {item} from the results. Guess the items they "
-       "interacted with just before this search, with the most recent one last, and list them "
-       "separated by semicolons, in the order they happened.",
+       "A user searched for \"{intention}\" and then chose {item} from the results. Guess the "
+       "items they interacted with just before this search, with the most recent one last, and "
+       "list them separated by semicolons, in the order they happened.",
        "{recent}"),
     _t("comb-11", "rev_query_item_to_history",
        "We know only one search of a customer: the query was {intention}, and the item picked "
-       "was {item}. Reconstruct the few items this customer most likely engaged with "
-       "beforehand, as a list separated by semicolons, in time order.",
+       "was {item}. Reconstruct the few items this customer most likely engaged with beforehand, "
+       "as a list separated by semicolons, in time order.",
        "{recent}"),
     _t("comb-12", "rev_history_to_next_query",
        "Here is a user's history, earliest first: {history}. Predict what they will search for "
@@ -297,9 +302,9 @@ TEMPLATES: tuple[Template, ...] = (
        "item, in that order, as two short parts.",
        "Query: {query}. Item: {target}"),
     _t("comb-13", "rev_history_to_next_query",
-       "Based on the items this person engaged with, {history}, anticipate their next move: write "
-       "the keywords they are likely to search with next, followed by the item they would end up "
-       "choosing as a result of that search.",
+       "Based on the items this person engaged with, {history}, anticipate their next move: "
+       "write the keywords they are likely to search with next, followed by the item they would "
+       "end up choosing as a result of that search.",
        "Search: {query}. Choice: {target}"),
 )
 
@@ -310,5 +315,6 @@ def templates_for(type_name: str) -> tuple[Template, ...]:
     """The templates of an instruction type (a `_neg99` name maps to its base type's templates)."""
     base = type_name.removesuffix("_neg99")
     if base not in INSTRUCTION_TYPES:
-        raise KeyError(f"unknown instruction type {type_name!r}; known: {sorted(INSTRUCTION_TYPES)}")
+        raise KeyError(f"unknown instruction type {type_name!r}; "
+                       f"known: {sorted(INSTRUCTION_TYPES)}")
     return tuple(t for t in TEMPLATES if t.instruction_type == base)
