@@ -13,7 +13,7 @@ from flax import traverse_util
 from instructrec_jax.model.config import T5Config
 from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 from instructrec_jax.model.t5 import (Attention, Encoder, GatedMlp, RMSNorm, Transformer,
-                                      relative_position_bucket)
+                                      random_params, relative_position_bucket)
 
 CONFIG = T5Config(vocab_size=40, d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2,
                   num_decoder_layers=2, relative_attention_num_buckets=8,
@@ -28,12 +28,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def boxed_params(model):
-    return model.init_params(jax.random.PRNGKey(0))
+    """The initialised tree's structure, shapes and axes (traced, not computed)."""
+    return jax.eval_shape(lambda: model.init_params(jax.random.PRNGKey(0)))
 
 
 @pytest.fixture(scope="module")
-def params(boxed_params):
-    return nn.unbox(boxed_params)
+def params():
+    return random_params(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_remat_policies_change_nothing_numerically():
     x = jnp.asarray(np.random.default_rng(9).normal(size=(2, 6, CONFIG.d_model)), jnp.float32)
     mask = jnp.ones((2, 6, 6), bool).at[1, :, 4:].set(False)
     cfg = CONFIG.replace(num_encoder_layers=1)
-    params = jax.jit(lambda: Encoder(cfg).init(jax.random.PRNGKey(0), x, mask, True))()["params"]
+    params = random_params(cfg)["encoder"]
     results = {}
     for policy in ("none", "full", "minimal"):
         encoder = Encoder(cfg.replace(remat_policy=policy))
@@ -295,21 +296,15 @@ def test_bfloat16_activations_keep_float32_parameters_and_logits():
     assert logits.dtype == jnp.float32 and encoded.dtype == jnp.bfloat16
 
 
-def test_tied_output_uses_the_embedding_scaled_by_d_model():
-    cfg = CONFIG.replace(logits_via_embedding=True, num_encoder_layers=1, num_decoder_layers=1,
-                         dropout_rate=0.0)
-    module = Transformer(cfg)
-    tokens = jnp.array([[3, 4, 5]])
-    params = nn.unbox(EncoderDecoderModel(cfg).init_params(jax.random.PRNGKey(0)))
-    assert "logits_dense" not in params["decoder"]
-    apply = jax.jit(lambda p: module.apply({"params": p}, tokens, tokens, tokens))
-    logits = apply(params)
-    # the tied logits are the decoder output dotted with each embedding row, over sqrt(d_model)
-    shifted = jax.tree_util.tree_map(lambda x: x, params)
-    shifted["token_embedder"]["embedding"] = params["token_embedder"]["embedding"].at[7].add(1.0)
-    # changing row 7 changes the decoder *input* only if token 7 is used; here it is not, so only
-    # the logit of token 7 moves, by (decoder output . 1) / sqrt(d_model)
-    moved = apply(shifted)
-    delta = np.asarray(moved - logits)
-    assert np.abs(np.delete(delta, 7, axis=-1)).max() < 1e-5
-    assert np.abs(delta[..., 7]).max() > 1e-3
+def test_tied_output_is_the_embedding_transposed_over_sqrt_d_model():
+    untied_cfg = CONFIG.replace(num_encoder_layers=1, num_decoder_layers=1)
+    tied_cfg = untied_cfg.replace(logits_via_embedding=True)
+    tokens = jnp.array([[3, 4, 5, 1]])
+    tied = random_params(tied_cfg)
+    assert "logits_dense" not in tied["decoder"]
+    untied = jax.tree_util.tree_map(lambda x: x, tied)
+    untied["decoder"] = dict(tied["decoder"], logits_dense={
+        "kernel": tied["token_embedder"]["embedding"].T / np.sqrt(CONFIG.d_model)})
+    got = Transformer(tied_cfg).apply({"params": tied}, tokens, tokens, tokens)
+    expected = Transformer(untied_cfg).apply({"params": untied}, tokens, tokens, tokens)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -240,18 +240,21 @@ class EncoderDecoderModel:
                 raise ValueError("predict_batch: give max_decode_length or a decoder feature")
         if method == "sample" and rng is None:
             raise ValueError("predict_batch: method='sample' needs rng")
-        options = (method, int(num_beams), float(alpha), float(temperature), int(top_k),
-                   int(max_decode_length), bool(return_all), logits_constraint)
+        options = (method, int(num_beams) if method == "beam" else 1, float(alpha),
+                   float(temperature), int(top_k), int(max_decode_length), logits_constraint)
         fn = self._predict_fns.get(options)
         if fn is None:
             fn = jax.jit(lambda p, tokens, key: self._predict(p, tokens, key, *options))
             self._predict_fns[options] = fn
         if rng is None:
             rng = jax.random.PRNGKey(0)
-        return fn(_unbox(params), batch["encoder_input_tokens"], rng)
+        tokens, scores = fn(_unbox(params), batch["encoder_input_tokens"], rng)
+        if method == "beam" and not return_all:
+            tokens, scores = tokens[:, 0], scores[:, 0]
+        return tokens, scores
 
     def _predict(self, params, encoder_input_tokens, rng, method, num_beams, alpha, temperature,
-                 top_k, max_length, return_all, constraint):
+                 top_k, max_length, constraint):
         batch_size = encoder_input_tokens.shape[0]
         encoded = self.encode(params, encoder_input_tokens)
         if method == "beam":
@@ -259,12 +262,9 @@ class EncoderDecoderModel:
             encoder_input_tokens = decoding.expand_for_beams(encoder_input_tokens, num_beams)
         step_fn, cache = self.decoder_step_fn(params, encoded, encoder_input_tokens, max_length)
         if method == "beam":
-            tokens, scores = decoding.beam_search(step_fn, cache, batch_size, max_length,
-                                                  num_beams=num_beams, alpha=alpha,
-                                                  logits_constraint=constraint)
-            if not return_all:
-                tokens, scores = tokens[:, 0], scores[:, 0]
-            return tokens, scores
+            return decoding.beam_search(step_fn, cache, batch_size, max_length,
+                                        num_beams=num_beams, alpha=alpha,
+                                        logits_constraint=constraint)
         if method == "greedy":
             return decoding.greedy_search(step_fn, cache, batch_size, max_length,
                                           logits_constraint=constraint)

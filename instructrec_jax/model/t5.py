@@ -480,3 +480,28 @@ def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
         lambda t: Transformer(config).init(jax.random.PRNGKey(0), t, t), tokens)
     flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(variables["params"]))[0]
     return {"/".join(str(entry.key) for entry in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def random_params(config: T5Config, seed: int = 0) -> dict:
+    """Stand-in parameters drawn with numpy at T5X-like scales (kernels ~ N(0, 1/fan_in),
+    embeddings ~ N(0, 1), norm scales near 1), for tests and benchmarks that need working weights
+    but not `Transformer.init` itself, whose compilation is slow on CPU."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    for key, shape in param_shapes(config).items():
+        if key.endswith("/scale"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif key.endswith("rel_embedding"):
+            value = 0.5 * rng.standard_normal(shape)
+        elif key == "token_embedder/embedding":
+            value = rng.standard_normal(shape)
+        else:
+            value = rng.standard_normal(shape) / np.sqrt(shape[0])
+        node = out
+        *parents, leaf = key.split("/")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value.astype(config.parameter_dtype)
+    return out
