@@ -182,10 +182,15 @@ def _fit_baselines(data, config: EvalConfig) -> dict[str, list]:
         options = dict(config.baseline_options.get(name, {}))
         if name == "sasrec":
             fitted[name] = []
+            # model selection on the sequential validation split (never on test), as for the LLM
+            validation = None
+            if options.pop("early_stopping", True) and ("valid", 9) in data.candidates:
+                validation = baselines.queries_from_split(data.valid, data.candidates[("valid", 9)], split="valid")
             for seed in config.sasrec_seeds:
                 started = time.perf_counter()
-                model = baselines.fit_baseline(name, data.train, catalogue, seed=seed, **options)
-                log.info("sasrec seed %d: %d epochs in %.1fs", seed, model.epochs_run, time.perf_counter() - started)
+                model = baselines.fit_baseline(name, data.train, catalogue, seed=seed, validation=validation, **options)
+                log.info("sasrec seed %d: %d epochs (kept epoch %d) in %.1fs", seed, model.epochs_run,
+                         model.best_epoch, time.perf_counter() - started)
                 fitted[name].append(model)
         else:
             fitted[name] = [baselines.fit_baseline(name, data.train, catalogue, **options)]

@@ -40,8 +40,8 @@ def test_sasrec_learns_a_predictable_next_item(splits, trained):
     assert trained.epochs_run == FAST["epochs"]
 
 
-def test_sasrec_softmax_loss_also_learns(splits):
-    model = sasrec.fit_sasrec(splits.train, splits.catalogue, seed=0, loss="softmax", **{**FAST, "epochs": 20})
+def test_sasrec_bce_loss_also_learns(splits):
+    model = sasrec.fit_sasrec(splits.train, splits.catalogue, seed=0, loss="bce", **{**FAST, "epochs": 20})
     queries = baselines.queries_from_split(splits.valid, splits.candidates[("valid", 9)])
     assert baselines.evaluate_baseline(model, queries)["HR@1"] > 0.8
 
@@ -53,6 +53,17 @@ def test_sasrec_is_deterministic_for_a_seed(splits, trained):
     c = [splits.candidates[("test", 9)][ex.user_id].item_ids for ex in splits.test[:5]]
     for a, b in zip(again.score(h, c), twice.score(h, c)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_keeps_the_best_validation_parameters(splits):
+    valid = baselines.queries_from_split(splits.valid, splits.candidates[("valid", 9)])
+    model = sasrec.fit_sasrec(splits.train, splits.catalogue, seed=0, validation=valid, eval_every=2, patience=2,
+                              **{**FAST, "epochs": 12})
+    epochs = [e for e, _ in model.validation_history]
+    assert epochs[:2] == [2, 4] and len(epochs) >= 2
+    best_epoch, best_ndcg = max(model.validation_history, key=lambda h: (h[1], -h[0]))
+    assert model.best_epoch == best_epoch
+    assert baselines.evaluate_baseline(model, valid)["NDCG@5"] == pytest.approx(best_ndcg)
 
 
 def test_unknown_candidates_score_minus_infinity_and_history_is_capped(trained):

@@ -7,10 +7,14 @@ hidden state and the item's embedding (input and output embeddings shared, as in
 Training uses the training prefixes only (`baselines.training_sequences`): each prefix is cut
 into windows of `max_len + 1` items, every position of a window predicting its next item, the
 windows shifted by a random offset each epoch. Two losses are selectable:
-- ``"bce"`` (default, the SASRec paper): binary cross-entropy of the true next item against ONE
-  negative per position drawn uniformly from the catalogue (moved to the next id when it hits the
-  positive);
-- ``"softmax"``: full cross-entropy over the whole catalogue.
+- ``"softmax"`` (default): full cross-entropy over the whole catalogue. On ml-100k (valid/test
+  HR@1 after 40 epochs, seed 0) it reached .634/.628 against BCE's .627/.596, at about three times
+  the cost per step;
+- ``"bce"`` (the SASRec paper): binary cross-entropy of the true next item against ONE negative
+  per position drawn uniformly from the catalogue (moved to the next id when it hits the positive).
+With validation queries, the model is checked every `eval_every` epochs and the parameters with
+the best validation NDCG@5 are kept (training stops after `patience` checks without a gain): model
+selection on validation, as the LLM's template selection; the test split is never looked at.
 At evaluation the model sees the example's history (≤ `max_len` most recent items), exactly what
 the LLM's instruction holds.
 """
@@ -29,7 +33,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from instructrec_jax.baselines import training_sequences
+from instructrec_jax.baselines import evaluate_baseline, training_sequences
 from instructrec_jax.data.types import SplitExample
 
 LOSSES = ("bce", "softmax")
@@ -44,11 +48,13 @@ class SASRecConfig:
     num_blocks: int = 2
     num_heads: int = 1
     dropout: float = 0.2
-    loss: str = "bce"
+    loss: str = "softmax"
     learning_rate: float = 1e-3
     batch_size: int = 128
     epochs: int = 200
     max_seconds: float | None = None  # stop earlier when the wall-clock budget is spent
+    eval_every: int = 5  # epochs between validation checks (when validation queries are given)
+    patience: int | None = 3  # stop after this many checks without a better validation NDCG@5
     seed: int = 0
 
 
@@ -188,6 +194,8 @@ class SASRec:
     train_seconds: float = 0.0
     epochs_run: int = 0
     final_loss: float = float("nan")
+    best_epoch: int = 0  # the epoch whose parameters were kept (validation NDCG@5), else the last
+    validation_history: tuple[tuple[int, float], ...] = ()  # (epoch, validation NDCG@5)
     name: str = "sasrec"
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -254,9 +262,11 @@ def fit_sasrec(
     *,
     config: SASRecConfig | None = None,
     log_every: int = 0,
+    validation: Sequence | None = None,
     **overrides,
 ) -> SASRec:
-    """Trains SASRec on the training prefixes (Adam, fixed epochs or a wall-clock budget)."""
+    """Trains SASRec on the training prefixes (Adam; fixed epochs, a wall-clock budget, or early
+    stopping on `validation` — `baselines.RankingQuery`s of the validation split)."""
     config = dataclasses.replace(config or SASRecConfig(), **overrides)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown SASRec loss {config.loss!r}; expected one of {LOSSES}")
@@ -273,6 +283,8 @@ def fit_sasrec(
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     epochs_run = 0
+    best: tuple[float, int, dict | None] = (float("-inf"), 0, None)
+    history: list[tuple[int, float]] = []
     loss = float("nan")
     for epoch in range(config.epochs):
         inputs, targets = _training_windows(prefixes, config.max_len, rng)
@@ -298,8 +310,21 @@ def fit_sasrec(
         epochs_run = epoch + 1
         if log_every and epochs_run % log_every == 0:
             print(f"sasrec epoch {epochs_run} loss {loss:.4f} ({time.perf_counter() - started:.1f}s)", flush=True)
+        if validation and (epochs_run % config.eval_every == 0 or epochs_run == config.epochs):
+            candidate = SASRec(config=config, index=index, params=params)
+            ndcg = evaluate_baseline(candidate, validation)["NDCG@5"]
+            history.append((epochs_run, ndcg))
+            if log_every:
+                print(f"sasrec epoch {epochs_run} validation NDCG@5 {ndcg:.4f}", flush=True)
+            if ndcg > best[0]:
+                # a host copy: the step donates (reuses) the device buffers of `params`
+                best = (ndcg, epochs_run, jax.device_get(params))
+            elif config.patience is not None and (epochs_run - best[1]) // config.eval_every >= config.patience:
+                break
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
             break
+    if best[2] is not None:
+        params = jax.tree_util.tree_map(jnp.asarray, best[2])
     return SASRec(
         config=config,
         index=index,
@@ -307,4 +332,6 @@ def fit_sasrec(
         train_seconds=time.perf_counter() - started,
         epochs_run=epochs_run,
         final_loss=loss,
+        best_epoch=best[1] if best[2] is not None else epochs_run,
+        validation_history=tuple(history),
     )
