@@ -101,7 +101,11 @@ def _round_up(value: int, multiple: int) -> int:
 def local_batches(
     cfg: DatasetConfig, layout: DataLayout, *, seed: int | None = None, num_epochs: int | None = None
 ) -> tf.data.Dataset:
-    """This process's stream of converted batches (`layout.local_batch_size` rows each)."""
+    """This process's stream of converted batches (`layout.local_batch_size` rows each).
+
+    Built afresh for every iterator: SeqIO's shuffles reshuffle on each pass over a dataset
+    object, so reusing one would break the seed-determined order that resuming relies on.
+    """
     provider = get_mixture_or_task(cfg.mixture_or_task_name, cfg.module)
     lengths = dict(cfg.task_feature_lengths)
     dataset = provider.get_dataset(

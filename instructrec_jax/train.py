@@ -49,6 +49,10 @@ _SUMMARY_NAMES = {
 }
 
 
+# Below this size the initial state is made on one device and then placed (cheaper to compile).
+SINGLE_DEVICE_INIT_BYTES = 2**30
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or the parameters became NaN/inf; the message names the step and the checkpoint kept."""
 
@@ -124,6 +128,12 @@ def train(
         state = _initial_state(model, optimizer, partitioner, init_rng, init_shapes,
                                state_shardings, abstract_state, checkpoint_cfg)
     start_step = int(jax.device_get(state.step))
+    if data_state and (data_state.get("global_batch_size") != train_dataset_cfg.batch_size
+                       or data_state.get("mixture_or_task_name")
+                       != train_dataset_cfg.mixture_or_task_name):
+        log.warning("the checkpoint's data position was taken with %s; this run reads %s with "
+                    "batch %d: the data order after resuming differs from an uninterrupted run",
+                    data_state, train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.batch_size)
     data_seed = data_state.get("seed", train_dataset_cfg.seed if train_dataset_cfg.seed is not None
                                else seed)
     batches = data_pipeline.TrainBatchIterator(
@@ -275,6 +285,12 @@ def _initial_state(model, optimizer, partitioner, rng, init_shapes, state_shardi
         params = nn.unbox(model.init_params(rng, init_shapes))
         return train_state.init_train_state(params, optimizer, 0)
 
+    state_bytes = partitioning.array_bytes(abstract_state)
+    if jax.process_count() == 1 and state_bytes < SINGLE_DEVICE_INIT_BYTES:
+        # Small models: one single-device program (compiled once, whatever the mesh), then
+        # placed. Random values do not depend on the sharding, so both paths give the same state.
+        return jax.device_put(jax.jit(init)(), state_shardings)
+    # Large models: each device creates only its own shards.
     return partitioner.jit(init, in_shardings=(), out_shardings=state_shardings)()
 
 

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 
 import train_fixtures as fx
 
-STEPS, PERIOD = 200, 40
+STEPS, PERIOD = 120, 30
 EXTRA = [f"--gin.SAVE_PERIOD={PERIOD}", "--gin.LOG_EVERY=50", "--gin.EVAL_PERIOD=0",
          "--gin.DROPOUT_RATE=0.1"]
 
@@ -41,9 +41,10 @@ def _flatten(tree, prefix=()):
 
 def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwise(tmp_path):
     env = fx.subprocess_env()
-    reference = subprocess.run(_command(tmp_path, "reference"), cwd=fx.REPO, env=env,
-                               capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    # The uninterrupted reference runs alongside the job that gets killed.
+    reference_log = open(tmp_path / "reference.log", "w")
+    reference = subprocess.Popen(_command(tmp_path, "reference"), cwd=fx.REPO, env=env,
+                                 stdout=reference_log, stderr=subprocess.STDOUT)
 
     killed_dir = tmp_path / "killed"
     first_checkpoint = killed_dir / "checkpoints" / str(PERIOD) / "commit_success.txt"
@@ -63,6 +64,9 @@ def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwis
     restarted = subprocess.run(_command(tmp_path, "killed"), cwd=fx.REPO, env=env,
                                capture_output=True, text=True, timeout=600)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
+    reference.wait(timeout=600)
+    reference_log.close()
+    assert reference.returncode == 0, (tmp_path / "reference.log").read_text()[-3000:]
     resumed = [line for line in restarted.stdout.splitlines() if "resumed from" in line]
     assert resumed and f"/checkpoints/" in resumed[0]
     resumed_step = int(resumed[0].split("/checkpoints/")[1].split()[0])

@@ -67,7 +67,6 @@ def mesh_group(work: Path) -> dict:
         "1x1": partitioning.Partitioner(devices=jax.devices()[:1]),
         "4x2": partitioning.Partitioner(2),
         "2x4": partitioning.Partitioner(4),
-        "4x2-fsdp": partitioning.Partitioner(2, fsdp=True),
     }
     # Adafactor slots of a matrix big enough to be factored, on the 4x2 mesh.
     p = meshes["4x2"]
@@ -79,9 +78,14 @@ def mesh_group(work: Path) -> dict:
                                         abstract, shardings)
     results["factored_slots"] = {name: [None if a is None else a for a in s.spec]
                                  for name, s in manager.named_leaves(slots)}
+    # 2-D (FSDP) parameter shardings of the test model on the 4x2 mesh.
+    fsdp_layout = train.state_layout(fx.tiny_model(), optimizers.adafactor(1e-3),
+                                     partitioning.Partitioner(2, fsdp=True), fx.LENGTHS)
+    results["fsdp_param_specs"] = {name: list(s.spec) for name, s in
+                                   manager.named_leaves(fsdp_layout.shardings.params)}
     finals = {}
     for name, partitioner in meshes.items():
-        summary = _train(work / name, partitioner)
+        summary = _train(work / name, partitioner, period=10)
         finals[name] = summary.state
         results[name] = {
             "losses": [loss for _, loss in summary.losses],
@@ -109,14 +113,11 @@ def mesh_group(work: Path) -> dict:
             "metadata_mesh": metadata["mesh"],
         }
     results["restored"] = restored
-    # Continue the 4x2 run to step 25 on its own mesh and, from a copy, on the 2x4 mesh.
-    shutil.copytree(work / "4x2", work / "4x2-then-2x4")
-    same = _train(work / "4x2", meshes["4x2"], steps=25, period=25)
-    other = _train(work / "4x2-then-2x4", meshes["2x4"], steps=25, period=25)
-    results["continued"] = {
-        "same_mesh": {"resumed_from": same.resumed_from, "losses": same.losses},
-        "other_mesh": {"resumed_from": other.resumed_from, "losses": other.losses},
-    }
+    # Resume the 4x2 run's step-10 checkpoint on the 2x4 mesh and train to step 20 again.
+    (work / "4x2-then-2x4" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(work / "4x2" / "checkpoints" / "10", work / "4x2-then-2x4" / "checkpoints" / "10")
+    other = _train(work / "4x2-then-2x4", meshes["2x4"], period=10)
+    results["continued_on_2x4"] = {"resumed_from": other.resumed_from, "losses": other.losses}
     return results
 
 

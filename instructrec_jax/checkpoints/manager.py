@@ -95,6 +95,11 @@ class TrainCheckpointer:
             self.set_aside = set_aside_incomplete_steps(self.directory)
         else:
             self.set_aside = []
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # Every process lists the steps only after process 0 moved the leftovers away.
+            multihost_utils.sync_global_devices("instructrec_checkpoints_set_aside")
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

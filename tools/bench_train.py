@@ -1,0 +1,358 @@
+"""Training-step throughput on CPU: our JAX trainer vs transformers' PyTorch T5, side by side.
+
+    python tools/bench_train.py --models tiny,small --batch 32 --lengths 256/32
+
+For each model size it runs, one after the other and each in a fresh process (so that peak RSS
+is per run): our train step (the trainer's own jitted, donated step: forward, backward, Adafactor)
+and `transformers.T5ForConditionalGeneration` with the same shapes (d_model, d_ff, heads, d_kv,
+layers, vocabulary, untied gated-GELU), the same batch, lengths and padding, 2 threads, and
+transformers' Adafactor (or AdamW with --torch-optimizer adamw). Batches are synthetic token ids
+with realistic padding: each example's real length is drawn uniformly from [length/4, length].
+
+Reported per run: steps/s, tokens/s with and without padding, model FLOPs utilisation against
+the square-matmul peak measured in the same process just before (in the dtype the model's
+matmuls run in), and peak RSS. `--pack` adds a run of ours with the same examples packed
+(seqio-style segment ids): fewer rows, same real tokens. Machines shared with other jobs are
+noisy: compare the ratio of side-by-side runs, not absolute figures across days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# name -> (d_model, d_ff, num_heads, d_kv, encoder layers, decoder layers), as model/config.py.
+SIZES = {
+    "tiny": (256, 1024, 4, 64, 4, 4),
+    "small": (512, 1024, 6, 64, 8, 8),
+    "base": (768, 2048, 12, 64, 12, 12),
+}
+
+
+def synthetic_examples(num, inputs_length, targets_length, vocab, seed=0):
+    """(inputs, targets) token lists with lengths uniform in [L/4, L], EOS (1) last."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(num):
+        n_in = int(rng.integers(inputs_length // 4, inputs_length + 1))
+        n_tg = int(rng.integers(max(targets_length // 4, 2), targets_length + 1))
+        inputs = list(rng.integers(3, vocab, size=n_in - 1)) + [1]
+        targets = list(rng.integers(3, vocab, size=n_tg - 1)) + [1]
+        examples.append((inputs, targets))
+    return examples
+
+
+def unpacked_batch(examples, inputs_length, targets_length):
+    """EncDecFeatureConverter(pack=False) features of the examples, one per row."""
+    b = len(examples)
+    enc = np.zeros((b, inputs_length), np.int32)
+    tgt = np.zeros((b, targets_length), np.int32)
+    for i, (inputs, targets) in enumerate(examples):
+        enc[i, :len(inputs)] = inputs
+        tgt[i, :len(targets)] = targets
+    dec_in = np.zeros_like(tgt)
+    dec_in[:, 1:] = tgt[:, :-1]
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+
+
+def packed_batch(examples, inputs_length, targets_length):
+    """EncDecFeatureConverter(pack=True)-style rows: examples greedily packed, segment ids 1, 2, …"""
+    rows = []  # each: [inputs list, targets list, segment counter]
+    for inputs, targets in examples:
+        for row in rows:
+            if len(row[0]) + len(inputs) <= inputs_length and len(row[1]) + len(targets) <= targets_length:
+                break
+        else:
+            row = [[], [], [], [], 0]
+            rows.append(row)
+        row[4] += 1
+        row[0] += inputs
+        row[1] += targets
+        row[2] += [row[4]] * len(inputs)
+        row[3] += [row[4]] * len(targets)
+    b = len(rows)
+    out = {k: np.zeros((b, n), np.int32) for k, n in (
+        ("encoder_input_tokens", inputs_length), ("encoder_segment_ids", inputs_length),
+        ("encoder_positions", inputs_length), ("decoder_target_tokens", targets_length),
+        ("decoder_input_tokens", targets_length), ("decoder_segment_ids", targets_length),
+        ("decoder_positions", targets_length))}
+    for i, (inp, tgt, inseg, tgseg, _) in enumerate(rows):
+        out["encoder_input_tokens"][i, :len(inp)] = inp
+        out["encoder_segment_ids"][i, :len(inp)] = inseg
+        out["decoder_target_tokens"][i, :len(tgt)] = tgt
+        out["decoder_segment_ids"][i, :len(tgt)] = tgseg
+        for name, seg in (("encoder", inseg), ("decoder", tgseg)):
+            pos, prev = [], None
+            for s in seg:
+                pos.append(0 if s != prev else pos[-1] + 1)
+                prev = s
+            out[f"{name}_positions"][i, :len(pos)] = pos
+        dec_in = [0] + tgt[:-1]
+        for j in range(1, len(tgt)):  # every segment starts from the decoder start token 0
+            if tgseg[j] != tgseg[j - 1]:
+                dec_in[j] = 0
+        out["decoder_input_tokens"][i, :len(dec_in)] = dec_in
+    out["decoder_loss_weights"] = (out["decoder_target_tokens"] > 0).astype(np.float32)
+    return out
+
+
+def train_flops(size, batch, inputs_length, targets_length, vocab):
+    """Matmul FLOPs of one training step (forward x 3) on the padded shapes."""
+    d, ff, heads, d_kv, enc, dec = SIZES[size]
+    inner = heads * d_kv
+    li, lt = inputs_length, targets_length
+    encoder = enc * li * (2 * 4 * d * inner + 2 * 3 * d * ff + 2 * 2 * li * inner)
+    decoder = dec * (lt * (2 * 4 * d * inner + 2 * 2 * lt * inner  # self-attention
+                           + 2 * 2 * d * inner + 2 * 2 * li * inner  # cross: q, o, scores
+                           + 2 * 3 * d * ff)
+                     + li * 2 * 2 * d * inner)  # cross-attention keys/values of the encoder
+    logits = lt * 2 * d * vocab
+    return 3 * batch * (encoder + decoder + logits)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# -- workers (one per process) -------------------------------------------------------------
+
+
+def jax_worker(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import seqio  # noqa: F401  (the trainer imports these; their memory counts in its RSS)
+    import tensorflow  # noqa: F401
+
+    from instructrec_jax import optimizers, partitioning, train, train_state
+    from instructrec_jax.model.config import T5Config
+    from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
+
+    inputs_length, targets_length = args.lengths
+    peak = matmul_peak_jax(args.dtype)
+    d, ff, heads, d_kv, enc, dec = SIZES[args.model]
+    config = T5Config(vocab_size=args.vocab, d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv,
+                      num_encoder_layers=enc, num_decoder_layers=dec, dropout_rate=0.1,
+                      dtype=args.dtype, remat_policy=args.remat)
+    model = EncoderDecoderModel(config)
+    partitioner = partitioning.Partitioner()
+    optimizer = optimizers.adafactor(1e-3)
+    layout = train.state_layout(model, optimizer, partitioner,
+                                {"inputs": inputs_length, "targets": targets_length})
+    init = jax.jit(lambda: train_state.init_train_state(
+        __import__("flax").linen.unbox(model.init_params(jax.random.PRNGKey(0), None)), optimizer))
+    state = init()
+    examples = synthetic_examples(args.batch, inputs_length, targets_length, args.vocab)
+    batch = (packed_batch if args.pack else unpacked_batch)(examples, inputs_length, targets_length)
+    rows = batch["encoder_input_tokens"].shape[0]
+    if args.pack:  # keep the examples-per-step the same; rows pad to a multiple of microbatches
+        pad = (-rows) % args.microbatches
+        batch = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), v.dtype)]) for k, v in batch.items()}
+        rows += pad
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    step = partitioner.jit(
+        train_state.make_train_step(model.loss_fn, optimizer, num_microbatches=args.microbatches),
+        in_shardings=(layout.shardings, {k: partitioner.batch_sharding(2) for k in batch}),
+        out_shardings=(layout.shardings, partitioner.replicated),
+        donate_argnums=(0,),
+    )
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+    return _result("jax", args, times, rows, real, peak, compile_s=compile_s,
+                   loss=float(metrics["loss"]))
+
+
+def torch_worker(args) -> dict:
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    inputs_length, targets_length = args.lengths
+    matmul_dtype = torch.bfloat16 if args.torch_bf16 else torch.float32
+    peak = matmul_peak_torch(matmul_dtype)
+    d, ff, heads, d_kv, enc, dec = SIZES[args.model]
+    config = transformers.T5Config(
+        vocab_size=args.vocab, d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv, num_layers=enc,
+        num_decoder_layers=dec, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        dropout_rate=0.1, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = transformers.T5ForConditionalGeneration(config)
+    model.train()
+    if args.torch_optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(model.parameters(), lr=1e-3, scale_parameter=True, relative_step=False,
+                              warmup_init=False, decay_rate=-0.8, clip_threshold=1.0)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    examples = synthetic_examples(args.batch, inputs_length, targets_length, args.vocab)
+    batch = unpacked_batch(examples, inputs_length, targets_length)
+    input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
+    attention_mask = (input_ids > 0).long()
+    labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
+    decoder_input_ids = torch.from_numpy(batch["decoder_input_tokens"]).long()
+    decoder_attention_mask = (labels > 0).long()
+    decoder_attention_mask[:, 0] = 1
+    labels = labels.masked_fill(labels == 0, -100)
+
+    def one_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):
+            out = model(input_ids=input_ids, attention_mask=attention_mask,
+                        decoder_input_ids=decoder_input_ids,
+                        decoder_attention_mask=decoder_attention_mask, labels=labels)
+        out.loss.backward()
+        optimizer.step()
+        return float(out.loss)
+
+    start = time.perf_counter()
+    loss = one_step()
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        loss = one_step()
+        times.append(time.perf_counter() - start)
+    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+    return _result("torch", args, times, args.batch, real, peak, compile_s=first_s, loss=loss)
+
+
+def _result(framework, args, times, rows, real_tokens, peak, **extra) -> dict:
+    inputs_length, targets_length = args.lengths
+    step_s = statistics.median(times)
+    flops = train_flops(args.model, rows, inputs_length, targets_length, args.vocab)
+    return {
+        "framework": framework, "model": args.model, "rows": rows, "examples": args.batch,
+        "step_s": step_s, "steps_per_s": 1 / step_s,
+        "tokens_per_s": rows * (inputs_length + targets_length) / step_s,
+        "real_tokens_per_s": real_tokens / step_s,
+        "examples_per_s": args.batch / step_s,
+        "matmul_peak_gflops": peak / 1e9, "model_gflops_per_s": flops / step_s / 1e9,
+        "mfu": flops / step_s / peak, "peak_rss_gib": peak_rss_gib(), **extra,
+    }
+
+
+def matmul_peak_jax(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def matmul_peak_torch(dtype, n: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    a = torch.ones((n, n), dtype=dtype)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lengths", default="256/32", help="inputs/targets")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    parser.add_argument("--vocab", type=int, default=32128)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--dtype", default="float32", help="our activation/matmul dtype")
+    parser.add_argument("--remat", default="none")
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--pack", action="store_true", help="also run ours on packed rows")
+    parser.add_argument("--torch-optimizer", choices=("adafactor", "adamw"), default="adafactor")
+    parser.add_argument("--torch-bf16", action="store_true", help="also run torch with bf16 autocast")
+    parser.add_argument("--frameworks", default="jax,torch")
+    parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our runs")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.lengths = tuple(int(x) for x in args.lengths.split("/"))
+    return args
+
+
+def run_worker(argv, framework, model, extra=(), xla_flags="") -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+    proc = subprocess.run([sys.executable, __file__, *argv, "--worker", framework, "--model", model,
+                           *extra], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{framework} {model} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker:
+        result = (jax_worker if args.worker == "jax" else torch_worker)(args)
+        print(json.dumps(result))
+        return 0
+    frameworks = args.frameworks.split(",")
+    base = [a for a in argv if not a.startswith(("--pack", "--torch-bf16"))]
+    print(f"batch {args.batch}, lengths {args.lengths[0]}/{args.lengths[1]}, vocab {args.vocab}, "
+          f"ours: {args.dtype} activations, Adafactor, remat {args.remat}, microbatches "
+          f"{args.microbatches}; torch: {args.threads} threads, transformers {args.torch_optimizer}")
+    header = (f"{'run':<26}{'steps/s':>9}{'tokens/s':>10}{'real tok/s':>11}{'ex/s':>7}"
+              f"{'peak GF/s':>10}{'MFU':>7}{'RSS GiB':>8}")
+    print(header)
+    for model in args.models.split(","):
+        results = {}
+        if "jax" in frameworks:
+            results["ours"] = run_worker(base, "jax", model, xla_flags=args.xla_flags)
+            if args.pack:
+                results["ours packed"] = run_worker(base, "jax", model, ["--pack"], args.xla_flags)
+        if "torch" in frameworks:
+            results["transformers fp32"] = run_worker(base, "torch", model)
+            if args.torch_bf16:
+                results["transformers bf16"] = run_worker(base, "torch", model, ["--torch-bf16"])
+        for name, r in results.items():
+            print(f"{model + ' ' + name:<26}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10,.0f}"
+                  f"{r['real_tokens_per_s']:>11,.0f}{r['examples_per_s']:>7.1f}"
+                  f"{r['matmul_peak_gflops']:>10.0f}{r['mfu']:>7.1%}{r['peak_rss_gib']:>8.2f}")
+        torch_runs = [r for n, r in results.items() if n.startswith("transformers")]
+        if "ours" in results and torch_runs:
+            best = max(torch_runs, key=lambda r: r["real_tokens_per_s"])
+            for name in ("ours", "ours packed"):
+                if name in results:
+                    ratio = results[name]["real_tokens_per_s"] / best["real_tokens_per_s"]
+                    print(f"  {model}: {name} / best transformers run, real tokens/s: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
