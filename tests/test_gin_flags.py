@@ -74,3 +74,53 @@ def test_bad_binding_is_reported_as_a_gin_error():
             gin_flags.configure_gin(flags, finalize=False)
     finally:
         gin.clear_config()
+
+
+REQUIRED = ['--gin.MODEL_DIR="/tmp/unused"', '--gin.MIXTURE_OR_TASK_NAME="unused"',
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}", "--gin.TRAIN_STEPS=5"]
+
+
+def _configure(*files):
+    flags, _ = gin_flags.parse_gin_flags([f"--gin_file={f}" for f in files] + REQUIRED)
+    gin.clear_config()
+    gin_flags.configure_gin(flags, finalize=False)
+
+
+def test_finetune_run_file_binds_t5x_defaults():
+    try:
+        _configure("gin/models/flan_t5_tiny.gin", "gin/runs/finetune.gin")
+        assert gin.query_parameter("%BATCH_SIZE") == 128
+        assert gin.query_parameter("%LEARNING_RATE") == 1e-3
+        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant"
+        assert gin.query_parameter("%PACK") is True
+        assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") is None
+        assert gin.query_parameter("%TRAIN_STEPS") == 5
+        assert gin.query_parameter("train_eval/data_pipeline.DatasetConfig.split") == "validation"
+    finally:
+        gin.clear_config()
+
+
+def test_pretrain_run_file_switches_to_the_rsqrt_schedule_without_dropout():
+    try:
+        _configure("gin/models/flan_t5_tiny.gin", "gin/runs/pretrain.gin")
+        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant * rsqrt_decay"
+        assert gin.query_parameter("%LEARNING_RATE") == 1.0
+        assert gin.query_parameter("%WARMUP_STEPS") == 10000
+        assert gin.query_parameter("%DROPOUT_RATE") == 0.0
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("name, partitions, fsdp", [
+    ("data_parallel", 1, False), ("fsdp", 1, True), ("model_parallel", 2, False)])
+def test_partitioning_files_configure_the_partitioner(name, partitions, fsdp):
+    try:
+        _configure("gin/models/flan_t5_tiny.gin", "gin/runs/finetune.gin",
+                   f"gin/partitioning/{name}.gin")
+        assert gin.query_parameter("partitioning.Partitioner.fsdp") is fsdp
+        if name == "data_parallel":
+            assert gin.query_parameter("partitioning.Partitioner.num_partitions") == 1
+        else:  # --gin.NUM_PARTITIONS=N picks the model axis size
+            assert gin.query_parameter("%NUM_PARTITIONS") == partitions
+    finally:
+        gin.clear_config()

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
           f"activations {args.dtype}")
     print(f"parameters:          {param_count:,} (num_params(config) = {num_params(config):,}); "
           f"{param_bytes / gib:.2f} GiB float32")
-    print(f"optimizer state:     {opt_bytes / gib:.3f} GiB (Adafactor, factored second moments)")
+    print(f"optimizer state:     {opt_bytes / gib:.3f} GiB = {opt_bytes / 2**20:,.1f} MiB "
+          "(Adafactor, factored second moments)")
     print(f"per-device state:    {_per_device_bytes(layout.abstract_state) / gib:.2f} GiB "
           "(params + optimizer state, as sharded)")
     print("per-device memory of the compiled train step (XLA memory_analysis):")
