@@ -8,7 +8,9 @@ donated) → lagged finiteness check, periodic log/summaries, train-eval and che
 A run writes into MODEL_DIR: `config.gin` (operative gin config), `model-info.txt` (every parameter's
 shape, dtype, logical axes and mesh partitioning), TensorBoard summaries under `train/` and
 `training_eval/`, and Orbax checkpoints under `checkpoints/`. A restarted run resumes from the
-newest complete checkpoint, data position included.
+newest complete checkpoint, data position included. SIGTERM (a preemptible VM about to go) makes
+the run save at the next step and exit with status 3 (`PREEMPTED_EXIT_CODE`); 0 means finished,
+1 a configuration or data error (printed without a traceback).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ _SUMMARY_NAMES = {
 }
 
 
+# Exit status of a run stopped by SIGTERM after saving (a relauncher resumes it; 0 means done).
+PREEMPTED_EXIT_CODE = 3
+
 # Below this size the initial state is made on one device and then placed (cheaper to compile).
 SINGLE_DEVICE_INIT_BYTES = 2**30
 
@@ -71,7 +76,7 @@ class TrainSummary:
     preempted: bool = False
 
 
-@gin.configurable(denylist=["stop_event_for_tests"])
+@gin.configurable
 def train(
     *,
     model: Any = gin.REQUIRED,
@@ -88,7 +93,6 @@ def train(
     random_seed: int | None = 0,
     num_microbatches: int = 1,
     write_summaries: bool = True,
-    stop_event_for_tests: Any = None,
 ) -> TrainSummary:
     """Trains `model` on `train_dataset_cfg` up to the absolute step `total_steps`.
 
@@ -178,6 +182,9 @@ def train(
     pending: list[tuple[int, Any]] = []  # (step number the metrics belong to, device metrics)
     window = _ThroughputWindow()
     step = start_step
+    if start_step >= total_steps:
+        log.warning("nothing to train: the state is at step %d and TRAIN_STEPS is %d (TRAIN_STEPS "
+                    "is absolute and counts the initial checkpoint's steps)", start_step, total_steps)
     log.info("training %s from step %d to %d on a %s mesh (batch %d, lengths %s)",
              train_dataset_cfg.mixture_or_task_name, start_step, total_steps,
              meta["mesh"], train_dataset_cfg.batch_size, lengths)
@@ -193,8 +200,7 @@ def train(
             # Check the previous step's loss while this one runs: exact step, no pipeline stall.
             while len(pending) > 1:
                 last_metrics = _check_and_collect(pending.pop(0), checkpointer, window, history)
-            stop = step == total_steps or preempted.is_set() or (
-                stop_event_for_tests is not None and stop_event_for_tests(step))
+            stop = step == total_steps or preempted.is_set()
             if step % log_every == 0 or stop or step % checkpoint_cfg.period == 0:
                 while pending:
                     last_metrics = _check_and_collect(pending.pop(0), checkpointer, window, history)
@@ -588,7 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).split("\n  In call to configurable")[0]
         print(f"instructrec train: {message}", file=sys.stderr)
         return 1
-    log.info("done: step %d%s", summary.final_step, " (preempted)" if summary.preempted else "")
+    if summary.preempted:
+        log.warning("stopped by SIGTERM at step %d with a checkpoint saved; run the same command "
+                    "again to resume", summary.final_step)
+        return PREEMPTED_EXIT_CODE
+    log.info("done: step %d", summary.final_step)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""A training job killed with SIGKILL and restarted with the same command ends bitwise like one that
-was never interrupted: parameters, final loss and data position (CPU, dropout on)."""
+"""A training job killed with SIGKILL, restarted, stopped with SIGTERM (preemption notice) and
+restarted again with the same command ends bitwise like one that was never interrupted:
+parameters, final loss and data position (CPU, dropout on)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _flatten(tree, prefix=()):
         yield prefix, tree
 
 
-def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwise(tmp_path):
+def test_killed_then_preempted_run_resumed_by_the_same_command_matches_an_uninterrupted_run_bitwise(tmp_path):
     env = fx.subprocess_env()
     # The uninterrupted reference runs alongside the job that gets killed.
     reference_log = open(tmp_path / "reference.log", "w")
@@ -47,19 +48,33 @@ def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwis
                                  stdout=reference_log, stderr=subprocess.STDOUT)
 
     killed_dir = tmp_path / "killed"
-    first_checkpoint = killed_dir / "checkpoints" / str(PERIOD) / "commit_success.txt"
-    log = open(tmp_path / "killed.log", "w")
-    job = subprocess.Popen(_command(tmp_path, "killed"), cwd=fx.REPO, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not first_checkpoint.exists() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    still_running = job.poll() is None
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    log.close()
-    assert still_running, "the job finished before it could be killed mid-training"
+
+    def run_until_checkpoint(step, signum, log_name):
+        """Starts the command, sends `signum` once checkpoint `step` is complete; (code, was running)."""
+        mark = killed_dir / "checkpoints" / str(step) / "commit_success.txt"
+        with open(tmp_path / log_name, "w") as log:
+            job = subprocess.Popen(_command(tmp_path, "killed"), cwd=fx.REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+            deadline = time.time() + 600
+            while not mark.exists() and job.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            running = job.poll() is None
+            job.send_signal(signum)
+            return job.wait(timeout=600), running
+
+    code, running = run_until_checkpoint(PERIOD, signal.SIGKILL, "killed.log")
+    assert running, "the job finished before it could be killed mid-training"
+    assert code == -signal.SIGKILL
     assert not (killed_dir / "checkpoints" / str(STEPS)).exists()
+
+    code, running = run_until_checkpoint(2 * PERIOD, signal.SIGTERM, "terminated.log")
+    terminated_log = (tmp_path / "terminated.log").read_text()
+    assert running, "the restarted job finished before SIGTERM"
+    assert "resumed from" in terminated_log
+    assert code == 3, terminated_log[-3000:]  # preempted: saved, resume later
+    stopped_at = max(int(p.name) for p in (killed_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert 2 * PERIOD <= stopped_at < STEPS
+    assert f"stopped by SIGTERM at step {stopped_at}" in terminated_log
 
     restarted = subprocess.run(_command(tmp_path, "killed"), cwd=fx.REPO, env=env,
                                capture_output=True, text=True, timeout=600)
@@ -67,10 +82,7 @@ def test_sigkill_mid_training_then_same_command_matches_uninterrupted_run_bitwis
     reference.wait(timeout=600)
     reference_log.close()
     assert reference.returncode == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    resumed = [line for line in restarted.stdout.splitlines() if "resumed from" in line]
-    assert resumed and f"/checkpoints/" in resumed[0]
-    resumed_step = int(resumed[0].split("/checkpoints/")[1].split()[0])
-    assert PERIOD <= resumed_step < STEPS
+    assert f"/checkpoints/{stopped_at} (data position {stopped_at})" in restarted.stdout
 
     ref_params, ref_meta, ref_data = _final(tmp_path / "reference")
     params, meta, data = _final(killed_dir)
