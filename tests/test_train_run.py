@@ -112,6 +112,15 @@ def test_initial_checkpoint_from_an_hf_dir_continues_from_its_exact_weights(sing
     assert result["identical"]  # learning rate 0: the saved parameters are the HF weights
 
 
+def test_initial_checkpoint_from_a_t5x_dir_keeps_its_step_as_t5x_does(single):
+    result = ok(single["t5x_initial"])
+    assert result["code"] == 0, result["stderr"]
+    assert "initial weights from t5x checkpoint" in result["stdout"]
+    assert "from step 1000 to 1002" in result["stdout"]  # TRAIN_STEPS is absolute
+    assert result["step"] == 1002 and result["checkpoints"] == ["1002"]
+    assert result["identical"]
+
+
 def test_microbatched_step_of_the_real_model_matches_one_batch(single):
     result = ok(single["microbatches"])
     assert result["loss"][1] == pytest.approx(result["loss"][0], rel=1e-5)

@@ -201,9 +201,9 @@ def single_group(work: Path) -> dict:
             jax.device_get(model.init_params(jax.random.PRNGKey(7), None)))
         params = _unboxed(params)
         hf.save_hf_checkpoint(model.config, params, work / "hf")
-        out = _cli(base[:-2] + [f'--gin.MODEL_DIR="{work / "from_hf"}"', "--gin.TRAIN_STEPS=2",
-                                "--gin.LEARNING_RATE=0.0", "--gin.EVAL_PERIOD=0",
-                                f'--gin.INITIAL_CHECKPOINT_PATH="{work / "hf"}"'])
+        out = _cli(fx.train_command(gin_file, work / "from_hf", steps=2)[3:] + [
+            "--gin.LEARNING_RATE=0.0", "--gin.EVAL_PERIOD=0",
+            f'--gin.INITIAL_CHECKPOINT_PATH="{work / "hf"}"'])
         trained = manager.load_weights(str(work / "from_hf"), _abstract_params())
         original = _values(params)
         after = _values(trained.params)
@@ -213,6 +213,26 @@ def single_group(work: Path) -> dict:
         return out
 
     scenario("hf_initial", hf_initial)
+
+    def t5x_initial():
+        from test_t5x_import import write_t5x_checkpoint
+
+        model = fx.tiny_model()
+        params = _unboxed(jax.device_get(model.init_params(jax.random.PRNGKey(8), None)))
+        flat = {name: np.asarray(value) - np.float32(0.25) for name, value in _values(params).items()}
+        write_t5x_checkpoint(work / "checkpoint_1000", flat, step=1000)
+        out = _cli(fx.train_command(gin_file, work / "from_t5x", steps=1002)[3:] + [
+            "--gin.LEARNING_RATE=0.0", "--gin.EVAL_PERIOD=0",
+            f'--gin.INITIAL_CHECKPOINT_PATH="{work / "checkpoint_1000"}"'])
+        trained = manager.load_weights(str(work / "from_t5x"), _abstract_params())
+        after = _values(trained.params)
+        out["step"] = trained.step
+        out["checkpoints"] = sorted(p.name for p in (work / "from_t5x" / "checkpoints").iterdir())
+        out["identical"] = sorted(flat) == sorted(after) and all(
+            np.array_equal(flat[k], after[k]) for k in flat)
+        return out
+
+    scenario("t5x_initial", t5x_initial)
 
     def microbatches():
         from instructrec_jax import train_state

@@ -226,22 +226,9 @@ def load_weights(path: str | epath.Path, abstract_params: Any) -> LoadedWeights:
         from instructrec_jax.checkpoints import t5x_legacy
 
         loaded = t5x_legacy.load_t5x_checkpoint(str(path))
-        host_params, step = _t5x_params_and_step(loaded)
+        host_params, step = loaded.params, loaded.step
     params = place_params(host_params, abstract_params, source=str(path))
     return LoadedWeights(params, step, kind, str(path))
-
-
-def _t5x_params_and_step(loaded: Any) -> tuple[Any, int]:
-    """The loader may return params, (config, params), (params, step) or an object with fields."""
-    step = 0
-    if hasattr(loaded, "params"):
-        return loaded.params, int(getattr(loaded, "step", 0) or 0)
-    if isinstance(loaded, tuple):
-        trees = [item for item in loaded if isinstance(item, dict)]
-        ints = [item for item in loaded if isinstance(item, int)]
-        if len(trees) == 1:
-            return trees[0], (ints[0] if ints else step)
-    return loaded, step
 
 
 def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
