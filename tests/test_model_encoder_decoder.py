@@ -12,7 +12,7 @@ from instructrec_jax.model.encoder_decoder import EncoderDecoderModel, example_b
 from instructrec_jax.model.t5 import random_params
 
 CONFIG = T5Config(vocab_size=24, d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=1,
-                  num_decoder_layers=2, dropout_rate=0.0, dtype="float32")
+                  num_decoder_layers=1, dropout_rate=0.0, dtype="float32")
 VOCAB = CONFIG.vocab_size
 
 
