@@ -119,19 +119,25 @@ def expand_for_beams(tree: Any, num_beams: int) -> Any:
         lambda x: jnp.repeat(x, num_beams, axis=0) if jnp.ndim(x) > 0 else x, tree)
 
 
+# Cache entries under this name (the encoder-decoder attention's keys and values) are the same for
+# every beam of an example, so reordering beams need not copy them.
+BEAM_INVARIANT_CACHE = "encoder_decoder_attention"
+
+
 def _gather_beams(tree: Any, indices: Array, batch_size: int, old_beams: int) -> Any:
     """Select beams: leaves [b * old_beams, ...] -> [b * new_beams, ...] by indices [b, new_beams]."""
     new_beams = indices.shape[1]
 
-    def gather(x):
-        if jnp.ndim(x) == 0:
+    def gather(path, x):
+        invariant = any(getattr(entry, "key", None) == BEAM_INVARIANT_CACHE for entry in path)
+        if jnp.ndim(x) == 0 or (invariant and new_beams == old_beams):
             return x
         x = x.reshape((batch_size, old_beams) + x.shape[1:])
         index = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
         x = jnp.take_along_axis(x, index, axis=1)
         return x.reshape((batch_size * new_beams,) + x.shape[2:])
 
-    return jax.tree_util.tree_map(gather, tree)
+    return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def _gather_sequences(seqs: Array, indices: Array) -> Array:
