@@ -8,8 +8,8 @@ generated, so no out-of-catalogue item can appear (the paper's protocol).
 
 Batching: B instructions are encoded together ([B, Le]); their encoded states are repeated along
 the batch, once per candidate, and the decoder scores all B·C targets in one teacher-forced pass.
-Input and target lengths are rounded up to powers of two (`bucket_length`) and the instruction batch is
-padded to B, so jit compiles once per (input bucket, target bucket, candidate count).
+Input and target lengths are rounded up (`bucket_length`: powers of two, then multiples of 64) and
+the instruction batch is padded to B, so jit compiles once per (input bucket, target bucket, candidate count).
 
 Scores (`ScoringConfig`), all documented choices:
 - `reduction='sum'` (default, the paper): the summed token log-likelihood. Longer targets pay for
@@ -89,12 +89,16 @@ class ScoredCandidates:
     user_id: str = ""
 
 
-def bucket_length(length: int, minimum: int) -> int:
-    """The smallest power of two >= length (and >= minimum): few distinct compiled shapes."""
+def bucket_length(length: int, minimum: int, step: int = 64) -> int:
+    """A padded length for `length` tokens: the next power of two (>= minimum) up to `step`, then
+    the next multiple of `step`. Few distinct compiled shapes, and at most `step - 1` pad tokens
+    once inputs are long (a power of two would pad a 270-token instruction to 512)."""
     size = max(minimum, 1)
-    while size < length:
+    while size < length and size < step:
         size *= 2
-    return size
+    if size >= length:
+        return size
+    return -(-length // step) * step
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None) -> list[int]:

@@ -182,3 +182,19 @@ def test_bad_settings_are_refused_with_the_reason(prepared, tmp_path):
     with pytest.raises(FileNotFoundError, match="no prepared dataset"):
         evaluate.resolve_dataset(str(tmp_path / "missing"), None)
     assert evaluate.resolve_dataset(str(prepared), None) == (prepared, None)
+
+
+def test_registered_tasks_name_the_dataset_and_feed_inference(prepared):
+    import instructrec_jax.tasks as tasks
+    from instructrec_jax import infer
+    from instructrec_jax.instructions.storage import read_instructions
+
+    entry = tasks.register_prepared_dataset(prepared)
+    name = tasks.eval_task_name(entry.name, "sequential")
+    assert evaluate.resolve_dataset(None, name) == (entry.path, ("sequential",))
+    assert evaluate.resolve_dataset(None, entry.mixture) == (entry.path, None)
+    examples, vocab = infer.task_examples(name, "test", max_input_length=512, max_target_length=64)
+    records = list(read_instructions(prepared, "p1_i0_t3", "test"))
+    assert [e.example_id for e in examples] == [r.example_id for r in records]
+    assert examples[0].target_tokens == tuple(vocab.encode(records[0].targets)) + (1,)
+    assert examples[0].inputs == records[0].inputs
