@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import multiprocessing
 import os
 import random
 import re
@@ -25,7 +27,8 @@ from typing import Callable, Sequence
 from instructrec_jax.atomic import atomic_directory
 from instructrec_jax.instructions import storage
 from instructrec_jax.instructions.format import SCENARIOS
-from instructrec_jax.instructions.generator import GeneratorOptions, iter_instructions
+from instructrec_jax.instructions.generator import (GeneratorOptions, iter_instructions,
+                                                    selected_types)
 from instructrec_jax.instructions.render import (RENDER_STYLES, ItemRenderer, id_tokens,
                                                  render_catalogue)
 from instructrec_jax.instructions.templates import TEMPLATES
@@ -52,50 +55,131 @@ def dataset_folder_name(name: str) -> str:
     return folder
 
 
-class _VocabularySample:
-    """Passes records through while keeping a seeded reservoir sample of their texts."""
+class _PerTypeSample:
+    """Passes records through while keeping, per type, a seeded reservoir of their texts.
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.rng = size, random.Random(f"{seed}|vocabulary")
-        self.texts: list[tuple[str, str]] = []
-        self.seen = 0
-        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.templates: collections.Counter[tuple[str, str]] = collections.Counter()
+    Per type, so that the vocabulary corpus is the same however types are spread over workers.
+    """
+
+    def __init__(self, size_per_type: int, seed: int):
+        self.size, self.seed = size_per_type, seed
+        self.texts: dict[str, list[tuple[str, str]]] = {}
+        self._seen: dict[str, int] = {}
+        self._rngs: dict[str, random.Random] = {}
 
     def __call__(self, triples):
         for type_name, split, record in triples:
-            self.seen += 1
-            self.counts[(type_name, split)] += 1
-            self.templates[(record.template_id, split)] += 1
-            if len(self.texts) < self.size:
-                self.texts.append((record.inputs, record.targets))
+            texts = self.texts.setdefault(type_name, [])
+            seen = self._seen[type_name] = self._seen.get(type_name, 0) + 1
+            if len(texts) < self.size:
+                texts.append((record.inputs, record.targets))
             else:
-                slot = self.rng.randrange(self.seen)
+                rng = self._rngs.get(type_name)
+                if rng is None:
+                    rng = self._rngs[type_name] = random.Random(f"{self.seed}|vocabulary|{type_name}")
+                slot = rng.randrange(seen)
                 if slot < self.size:
-                    self.texts[slot] = (record.inputs, record.targets)
+                    texts[slot] = (record.inputs, record.targets)
             yield type_name, split, record
 
 
-def _vocabulary_corpus(data, item_texts: dict[str, str], sample: _VocabularySample) -> list[str]:
+@dataclasses.dataclass
+class WrittenInstructions:
+    """What `write_all_instructions` wrote: the manifest section and a sample of the texts."""
+
+    section: dict[str, dict[str, dict]]
+    texts: dict[str, list[tuple[str, str]]]  # type -> sampled (inputs, targets)
+    seconds: float
+
+    @property
+    def total(self) -> int:
+        return sum(entry["num_examples"] for splits in self.section.values()
+                   for entry in splits.values())
+
+
+def _write_types(directory: Path, data, options: GeneratorOptions, names: Sequence[str],
+                 sample_per_type: int):
+    sample = _PerTypeSample(sample_per_type, options.seed)
+    typed = dataclasses.replace(options, types=tuple(names))
+    section = storage.write_instructions(directory, sample(iter_instructions(data, typed)))
+    return section, sample.texts
+
+
+_WORKER_DATA = None  # the prepared data, loaded once per worker process
+
+
+def _load_worker_data(directory: str) -> None:
+    global _WORKER_DATA
+    from instructrec_jax.data.preprocess import load_prepared
+
+    _WORKER_DATA = load_prepared(directory)
+
+
+def _worker_write(job: tuple[str, GeneratorOptions, tuple[str, ...], int]):
+    directory, options, names, sample_per_type = job
+    return _write_types(Path(directory), _WORKER_DATA, options, names, sample_per_type)
+
+
+def write_all_instructions(directory: str | os.PathLike, data, options: GeneratorOptions, *,
+                           workers: int = 1,
+                           sample_records: int = VOCAB_SAMPLE_RECORDS) -> WrittenInstructions:
+    """Generates and writes every selected type into `directory` (which must already hold
+    `write_prepared`'s files when workers > 1: each worker process loads them).
+
+    Types are independent (each has its own random stream), so spreading them over worker
+    processes gives the same shards as one process. `sample_records` texts, spread over the
+    types, are kept for the vocabulary.
+    """
+    directory = Path(directory)
+    names = selected_types(data, options.types, options.neg99)
+    sample_per_type = max(1, sample_records // max(len(names), 1))
+    started = time.perf_counter()
+    if workers <= 1 or len(names) <= 1:
+        section, texts = _write_types(directory, data, options, names, sample_per_type)
+        return WrittenInstructions(section, texts, time.perf_counter() - started)
+    if callable(options.context):
+        raise ValueError("a context function cannot be sent to worker processes; use workers=1")
+    groups = [tuple(names[k::workers]) for k in range(min(workers, len(names)))]
+    jobs = [(str(directory), options, group, sample_per_type) for group in groups]
+    # spawn, not fork: the parent may hold TensorFlow's threads, which do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(groups), initializer=_load_worker_data,
+                      initargs=(str(directory),)) as pool:
+        results = pool.map(_worker_write, jobs, chunksize=1)
+    section: dict[str, dict[str, dict]] = {}
+    texts: dict[str, list[tuple[str, str]]] = {}
+    for part_section, part_texts in results:
+        section.update(part_section)
+        texts.update(part_texts)
+    return WrittenInstructions(dict(sorted(section.items())), texts,
+                               time.perf_counter() - started)
+
+
+def _vocabulary_corpus(data, item_texts: dict[str, str], written: WrittenInstructions) -> list[str]:
     texts = list(item_texts.values())
     texts += [item.title for item in data.items.values()]
     texts += sorted({c for item in data.items.values() for c in item.categories})
     texts += [t.text for t in TEMPLATES] + [t.target for t in TEMPLATES]
-    for inputs, targets in sample.texts:
-        texts += (inputs, targets)
+    for type_name in sorted(written.texts):
+        for inputs, targets in written.texts[type_name]:
+            texts += (inputs, targets)
     return texts
 
 
-def _counts_table(sample: _VocabularySample) -> str:
+def _counts_table(section: dict[str, dict[str, dict]]) -> str:
     splits = ("train", "validation", "test")
     lines = ["| instruction type | train | validation | test |", "|---|---:|---:|---:|"]
-    for type_name in sorted({t for t, _ in sample.counts}):
-        cells = " | ".join(f"{sample.counts.get((type_name, s), 0):,}" for s in splits)
+    templates: collections.Counter[tuple[str, str]] = collections.Counter()
+    for type_name in sorted(section):
+        entry = section[type_name]
+        cells = " | ".join(f"{entry.get(s, {}).get('num_examples', 0):,}" for s in splits)
         lines.append(f"| {type_name} | {cells} |")
+        for split, info in entry.items():
+            for template_id, n in info["templates"].items():
+                templates[(template_id, split)] += n
     lines += ["", "| template | train | validation | test |", "|---|---:|---:|---:|"]
     for template in TEMPLATES:
-        cells = " | ".join(f"{sample.templates.get((template.template_id, s), 0):,}"
-                           for s in splits)
+        cells = " | ".join(f"{templates.get((template.template_id, s), 0):,}" for s in splits)
         lines.append(f"| {template.template_id} ({template.instruction_type}) | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -107,6 +191,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             types: Sequence[str] | None = None, templates_per_example: int | str = 1,
             max_train_examples_per_type: int | None = None, train_negatives: int = 9,
             context: str | None = None, neg99: str = "scenarios",
+            max_eval_examples: int | None = None, workers: int = 1,
             vocab_size: int = DEFAULT_VOCAB_SIZE,
             vocabulary: str | os.PathLike | None = None, overwrite: bool = False,
             reader_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
@@ -126,7 +211,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
         seed=config.seed, types=None if types is None else tuple(types), renderer=item_renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=train_negatives,
-        context=context, neg99=neg99)
+        context=context, neg99=neg99, max_eval_examples=max_eval_examples)
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
     started = time.perf_counter()
 
@@ -149,13 +234,11 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             size = copy_vocabulary(vocabulary, tmp / VOCABULARY_FILE, symbols)
             vocabulary_source = str(vocabulary)
         write_prepared(data, tmp)
-        sample = _VocabularySample(VOCAB_SAMPLE_RECORDS, config.seed)
-        generated = time.perf_counter()
-        section = storage.write_instructions(tmp, sample(iter_instructions(data, options)))
-        generated = time.perf_counter() - generated
+        written = write_all_instructions(tmp, data, options, workers=workers,
+                                         sample_records=VOCAB_SAMPLE_RECORDS)
         storage.write_item_texts(tmp, item_texts)
         if vocabulary is None:
-            size = train_vocabulary(_vocabulary_corpus(data, item_texts, sample),
+            size = train_vocabulary(_vocabulary_corpus(data, item_texts, written),
                                     tmp / VOCABULARY_FILE, vocab_size, symbols, log=log)
             vocabulary_source = "trained"
         storage.write_manifest(
@@ -165,14 +248,17 @@ def prepare(source: str, path: str | os.PathLike | None = None,
                        "templates_per_example": options.templates_per_example,
                        "max_train_examples_per_type": options.max_train_examples_per_type,
                        "train_negatives": options.negatives, "neg99": options.neg99,
+                       "max_eval_examples": options.max_eval_examples,
                        "context": context if isinstance(context, str) or context is None
                        else "custom"},
             renderer=item_renderer.as_dict(), item_texts=storage.ITEM_TEXTS,
             vocabulary=VOCABULARY_FILE, vocabulary_size=size,
-            vocabulary_source=vocabulary_source, scenarios=SCENARIOS, instructions=section)
-    log(_counts_table(sample))
-    log(f"{sample.seen:,} instructions generated and written in {generated:.1f} s "
-        f"({sample.seen / max(generated, 1e-9):,.0f}/s); vocabulary: {size} pieces "
+            vocabulary_source=vocabulary_source, scenarios=SCENARIOS,
+            instructions=written.section)
+    log(_counts_table(written.section))
+    log(f"{written.total:,} instructions generated and written in {written.seconds:.1f} s "
+        f"({written.total / max(written.seconds, 1e-9):,.0f}/s, {workers} worker(s)); "
+        f"vocabulary: {size} pieces "
         f"({vocabulary_source}); total {time.perf_counter() - started:.1f} s")
     log(f"prepared dataset: {final}")
     return final
@@ -232,6 +318,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--neg99", choices=("scenarios", "all", "none"), default="scenarios",
                         help="which reranking types also get 99-negative evaluation records "
                              "(100 candidates listed per record)")
+    parser.add_argument("--max-eval-examples", type=int, default=None,
+                        help="cap on validation/test examples per split (a seeded sample of "
+                             "users shared by every type; default: all)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes generating and writing types in parallel (same output)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--vocabulary", help="a SentencePiece model to use instead of training one "
                                              "(e.g. Flan-T5's spiece.model)")
@@ -254,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_train_examples_per_type=args.max_train_examples_per_type,
                 train_negatives=args.train_negatives,
                 context=None if args.context == "none" else args.context, neg99=args.neg99,
+                max_eval_examples=args.max_eval_examples, workers=args.workers,
                 vocab_size=args.vocab_size, vocabulary=args.vocabulary, overwrite=args.overwrite)
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"instructrec prepare: error: {err}", file=sys.stderr)

@@ -141,6 +141,12 @@ def test_explanation_names_the_shared_taste():
     assert "Thriller (1 of their last 3 items)" in text and "from the 1990s" in text
 
 
+def test_explanation_does_not_call_a_single_pick_in_a_long_history_often():
+    history = [MOVIES["5"]] * 9 + [MOVIES["6"]]  # Comedy once in ten
+    text = derive.preference_explanation(MOVIES["1"], "Toy Story", history, MOVIE_FACTS)
+    assert text.startswith("They have chosen Comedy (1 of their last 10 items)")
+
+
 def test_explanation_when_nothing_is_shared():
     text = derive.preference_explanation(MOVIES["5"], "Casablanca", [MOVIES["1"], MOVIES["2"]],
                                          MOVIE_FACTS)

@@ -297,3 +297,12 @@ def test_time_context_prefixes_the_instruction(data):
 def test_unknown_type_is_an_error_listing_the_known_ones(data):
     with pytest.raises(KeyError, match="p1_i0_t3"):
         list(iter_instructions(data, GeneratorOptions(types=("p9_i9_t9",))))
+
+
+def test_eval_cap_keeps_the_same_users_for_every_type(data):
+    out = generate_instructions(data, types=["p1_i0_t3", "p1_i1_t3", "p1_i0_t2"],
+                                max_eval_examples=7)
+    users = {name: {r.user_id for r in out[name]["test"]} for name in out}
+    assert len(users["p1_i0_t3"]) == 7
+    assert users["p1_i0_t3"] == users["p1_i1_t3"] == users["p1_i0_t2"]
+    assert len(out["p1_i0_t3"]["train"]) == len(data.train)  # training is not capped

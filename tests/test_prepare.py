@@ -140,3 +140,28 @@ def test_pretrained_vocabulary_refuses_id_tokens(prepared, ml_dir, tmp_path):
         prepare_module.prepare("ml-100k", ml_dir, tmp_path, name="pre", renderer="id_token",
                                vocabulary=prepared[0] / "spiece.model", log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_write_the_same_shards_as_one_process(tmp_path):
+    from instructrec_jax.data.preprocess import write_prepared
+    from instructrec_jax.instructions.generator import GeneratorOptions
+
+    from instruction_fixtures import store_data
+
+    data = store_data()
+    options = GeneratorOptions(types=("p1_i0_t3", "p1_i0_t0", "rev_item_to_query"))
+    outputs = {}
+    for workers in (1, 2):
+        directory = tmp_path / f"w{workers}"
+        directory.mkdir()
+        write_prepared(data, directory)
+        outputs[workers] = prepare_module.write_all_instructions(directory, data, options,
+                                                                 workers=workers,
+                                                                 sample_records=30)
+    assert outputs[1].section == outputs[2].section
+    assert outputs[1].texts == outputs[2].texts and len(outputs[1].texts["p1_i0_t3"]) == 10
+    for type_name, splits in outputs[1].section.items():
+        for entry in splits.values():
+            for name in entry["files"]:
+                assert (tmp_path / "w1" / name).read_bytes() == \
+                    (tmp_path / "w2" / name).read_bytes()

@@ -19,6 +19,7 @@ import collections
 import itertools
 import os
 import random
+import resource
 import shutil
 import sys
 import time
@@ -94,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-examples-per-type", type=int, default=None)
     parser.add_argument("--renderer", default="title")
     parser.add_argument("--negatives", default="9,99", help="evaluation candidate set sizes")
+    parser.add_argument("--neg99", default="scenarios", choices=("scenarios", "all", "none"))
+    parser.add_argument("--max-eval-examples", type=int, default=None)
     parser.add_argument("--write", metavar="DIR", help="also write TFRecord shards under DIR "
                                                       "(removed afterwards)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --write: processes writing types in parallel")
     args = parser.parse_args(argv)
 
     def clock():
-        return time.perf_counter(), time.process_time()
+        """Wall seconds, and CPU seconds of this process plus its finished worker processes."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.perf_counter(), time.process_time() + children.ru_utime + children.ru_stime
 
     rows = []
     wall, cpu = clock()
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, types=None if args.types is None else tuple(args.types.split(",")),
         renderer=ItemRenderer(args.renderer),
         templates_per_example=per_example if per_example == "all" else int(per_example),
-        max_train_examples_per_type=args.max_train_examples_per_type)
+        max_train_examples_per_type=args.max_train_examples_per_type, neg99=args.neg99,
+        max_eval_examples=args.max_eval_examples)
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     chars = 0
 
@@ -132,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
     wall, cpu = clock()
     if args.write:
-        from instructrec_jax.instructions.storage import write_instructions
+        from instructrec_jax.data.preprocess import write_prepared
+        from instructrec_jax.prepare import write_all_instructions
 
         target = Path(args.write) / "bench-instructions"
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        write_instructions(target, counted(iter_instructions(data, options)))
+        write_prepared(data, target)  # worker processes load the data from here
+        wall, cpu = clock()  # the timed part starts after the data files are written
+        written = write_all_instructions(target, data, options, workers=args.workers)
+        for type_name, splits in written.section.items():
+            for split, entry in splits.items():
+                counts[(type_name, split)] += entry["num_examples"]
         size = sum(f.stat().st_size for f in target.rglob("*.tfrecord"))
         shutil.rmtree(target)
-        label = "generate + write TFRecords"
+        label = f"generate + write TFRecords ({args.workers} worker(s))"
     else:
         for _ in counted(iter_instructions(data, options)):
             pass
@@ -156,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| stage | wall s | CPU s | items |\n|---|---:|---:|---:|")
     for name, w, c, n in rows:
         print(f"| {name} | {w:.1f} | {c:.1f} | {n:,} |")
-    print(f"\n{total:,} records ({chars / 1e9:.2f} G characters"
-          + (f", {size / 1e9:.2f} GB of TFRecords" if size else "") + "): "
+    print(f"\n{total:,} records ("
+          + (f"{chars / 1e9:.2f} G characters" if chars else f"{size / 1e9:.2f} GB of TFRecords")
+          + "): "
           f"{total / elapsed_wall:,.0f} records/s wall, {total / elapsed_cpu:,.0f} records/s CPU")
     by_split = collections.Counter()
     for (_, split), n in counts.items():

@@ -247,7 +247,7 @@ def common_traits(history: Sequence[Item], facts: CatalogueFacts) -> str:
 
 _VAGUE_PHRASES = (
     "something in the {} vein",
-    "a {} kind of pick",
+    "a pick from the {} shelf",
     "something along the lines of {}",
 )
 
@@ -307,9 +307,9 @@ def preference_explanation(target: Item, target_text: str, history: Sequence[Ite
                            facts: CatalogueFacts) -> str:
     """Why the target suits the user: which of the history's traits it shares.
 
-    Names the target category most frequent in the history (ties: history order as in
-    `explicit_preference`) with its count, and adds the decade or brand when the target shares
-    the history's dominant one. When the target shares nothing, says that it departs from the
+    Names the target category most frequent in the history (ties: as in `explicit_preference`)
+    with its count ("often choose" from 3 items or a quarter of the history, else "have
+    chosen"), and adds the decade or brand when the target shares the history's dominant one. When the target shares nothing, says that it departs from the
     user's usual categories.
     Example: "They often choose Comedy (7 of their last 20 items), and Toy Story is Comedy too;
     it is also from the 1990s, like most of their picks."
@@ -321,7 +321,8 @@ def preference_explanation(target: Item, target_text: str, history: Sequence[Ite
     sentences = []
     if shared:
         category, count = shared[0]
-        sentences.append(f"They often choose {category} ({count} of their last {n} items), "
+        how = "often choose" if count >= 3 or count * 4 >= n else "have chosen"
+        sentences.append(f"They {how} {category} ({count} of their last {n} items), "
                          f"and {target_text} is {category} too")
     era = _dominant([decade(item.year) for item in history])
     target_era = decade(target.year)

@@ -64,6 +64,8 @@ class GeneratorOptions:
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
+    max_eval_examples: cap on validation/test examples per split and source, a seeded sample
+    shared by every type, so that all scenarios are evaluated on the same users.
     """
 
     seed: int = 0
@@ -74,11 +76,15 @@ class GeneratorOptions:
     negatives: int = 9
     context: str | ContextFn | None = None
     neg99: str = "scenarios"
+    max_eval_examples: int | None = None
 
     def __post_init__(self):
         k = self.templates_per_example
         if not (k == "all" or (isinstance(k, int) and k >= 1)):
             raise ValueError(f"templates_per_example must be a positive int or 'all', got {k!r}")
+        for name in ("max_train_examples_per_type", "max_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
         if self.neg99 not in ("scenarios", "all", "none"):
@@ -478,6 +484,11 @@ def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
             if not active:
                 continue
             examples = _examples(data, source, split)
+            limit = options.max_eval_examples
+            if split != "train" and limit is not None and len(examples) > limit:
+                chosen = random.Random(f"{options.seed}|eval|{source.value}|{split}").sample(
+                    range(len(examples)), limit)
+                examples = [examples[i] for i in sorted(chosen)]
             jobs = [_Job(data, name, split, catalogue, options, len(examples)) for name in active]
             shuffle = f"{options.seed}|order|{source.value}" if split == "train" else None
             for index, example in _visit_order(examples, shuffle):
@@ -511,7 +522,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           renderer: ItemRenderer | str = "title",
                           templates_per_example: int | str = 1,
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
-                          context: str | ContextFn | None = None, neg99: str = "scenarios"
+                          context: str | ContextFn | None = None, neg99: str = "scenarios",
+                          max_eval_examples: int | None = None
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -519,7 +531,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         renderer=ItemRenderer(renderer) if isinstance(renderer, str) else renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
-        context=context, neg99=neg99)
+        context=context, neg99=neg99, max_eval_examples=max_eval_examples)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
