@@ -26,6 +26,20 @@ Batch = Mapping[str, Array]
 PredictMethod = str  # 'beam' | 'greedy' | 'sample'
 
 
+# What the network reads; positions are implied by the packed row (see t5.py).
+_MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                 "encoder_segment_ids", "decoder_segment_ids")
+
+
+def _features(batch: Batch, names: tuple[str, ...]) -> dict[str, Array]:
+    """The named features present in `batch` (other keys would only cause recompilation)."""
+    missing = [n for n in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+               if n in names and batch.get(n) is None]
+    if missing:
+        raise KeyError(f"batch lacks feature(s) {missing}; it has {sorted(batch)}")
+    return {name: batch[name] for name in names if batch.get(name) is not None}
+
+
 def _unbox(params: Any) -> Any:
     """Plain arrays from params that may still carry logical-axis boxes."""
     return nn.meta.unbox(params)
@@ -63,7 +77,7 @@ class EncoderDecoderModel:
         self._init = jax.jit(self._init_impl, static_argnums=(1, 2))
         self._logits = jax.jit(self._logits_impl)
         self._encode = jax.jit(self._encode_impl)
-        self._decode_logits = jax.jit(self._decode_logits_impl)
+        self._score_encoded = jax.jit(self._score_encoded_impl)
         self._decode_step = jax.jit(self._decode_step_impl, static_argnames=("max_decode_length",))
 
     def __repr__(self) -> str:
@@ -102,16 +116,14 @@ class EncoderDecoderModel:
     # ----------------------------------------------------------------------------- forward
     def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None) -> Array:
         """Teacher-forced float32 logits [b, target length, vocab]; dropout iff dropout_rng."""
-        features = {k: batch[k] for k in self.FEATURE_NAMES if batch.get(k) is not None}
-        return self._logits(_unbox(params), features, dropout_rng)
+        return self._logits(_unbox(params), _features(batch, _MODEL_INPUTS), dropout_rng)
 
     def _logits_impl(self, params, batch, dropout_rng):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         return self.module.apply(
             {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             batch["decoder_target_tokens"], batch.get("encoder_segment_ids"),
-            batch.get("decoder_segment_ids"), batch.get("encoder_positions"),
-            batch.get("decoder_positions"), enable_dropout=dropout_rng is not None, rngs=rngs)
+            batch.get("decoder_segment_ids"), enable_dropout=dropout_rng is not None, rngs=rngs)
 
     def loss_fn(self, params: Any, batch: Batch, dropout_rng: Array | None
                 ) -> tuple[Array, dict[str, Array]]:
@@ -121,6 +133,7 @@ class EncoderDecoderModel:
         num_tokens (target tokens with weight > 0), weight_sum, num_examples (sequences; each packed
         segment counts once). All float32 scalars.
         """
+        batch = _features(batch, self.FEATURE_NAMES)
         logits = self.logits(params, batch, dropout_rng)
         factor, weights = losses.loss_normalizing_factor_and_weights(self.loss_normalizing_factor,
                                                                      batch)
@@ -179,15 +192,16 @@ class EncoderDecoderModel:
         To score c candidates of one instruction, repeat its encoded row c times
         (`jnp.repeat(encoded, c, axis=0)`, same for the tokens): the encoder runs once.
         """
-        logits = self._decode_logits(_unbox(params), encoded, encoder_input_tokens,
-                                     decoder_input_tokens, decoder_target_tokens)
-        return _sequence_log_likelihood(logits, decoder_target_tokens, decoder_loss_weights)
+        return self._score_encoded(_unbox(params), encoded, encoder_input_tokens,
+                                   decoder_input_tokens, decoder_target_tokens,
+                                   decoder_loss_weights)
 
-    def _decode_logits_impl(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
-                            decoder_target_tokens):
-        return self.module.apply({"params": params}, encoded, encoder_input_tokens,
-                                 decoder_input_tokens, decoder_target_tokens,
-                                 method=Transformer.decode)
+    def _score_encoded_impl(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
+                            decoder_target_tokens, decoder_loss_weights):
+        logits = self.module.apply({"params": params}, encoded, encoder_input_tokens,
+                                   decoder_input_tokens, decoder_target_tokens,
+                                   method=Transformer.decode)
+        return _sequence_log_likelihood(logits, decoder_target_tokens, decoder_loss_weights)
 
     # ----------------------------------------------------------------------------- decoding
     def decoder_step_fn(self, params: Any, encoded: Array, encoder_input_tokens: Array,
