@@ -271,3 +271,12 @@ def test_relu_t5_checkpoint_is_rejected_with_a_clear_error(hf_model_dir, tmp_pat
     (directory / "config.json").write_text(json.dumps(hf_config))
     with pytest.raises(CheckpointFormatError, match="gated-gelu"):
         hf.load_hf_checkpoint(directory)
+
+
+def test_corrupt_safetensors_file_is_a_format_error(hf_model_dir, tmp_path):
+    directory = tmp_path / "corrupt"
+    directory.mkdir()
+    (directory / "config.json").write_text((hf_model_dir / "config.json").read_text())
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file" * 4)
+    with pytest.raises(CheckpointFormatError, match="not a readable safetensors"):
+        hf.load_hf_checkpoint(directory)

@@ -151,9 +151,7 @@ def _read_safetensors_file(path: Path, names: set[str] | None = None) -> dict[st
             for name in handle.keys():
                 if names is None or name in names:
                     out[name] = handle.get_tensor(name)
-    except (OSError, ValueError) as error:
-        if isinstance(error, CheckpointFormatError):
-            raise
+    except Exception as error:  # safetensors raises its own SafetensorError for corrupt files
         raise CheckpointFormatError(path, f"not a readable safetensors file ({error})") from error
     return out
 
