@@ -6,8 +6,14 @@ target_k is the record's `candidate_targets[k]` tokenized with the dataset vocab
 the exact string the decoder would have been trained to write had c_k been the answer. Nothing is
 generated, so no out-of-catalogue item can appear (the paper's protocol).
 
-Batching: B instructions are encoded together ([B, Le]); their encoded states are repeated along
-the batch, once per candidate, and the decoder scores all B·C targets in one teacher-forced pass.
+Batching: B instructions are encoded together ([B, Le]) and the decoder scores all their
+candidates in one teacher-forced pass. By default (`shared_path='packed_candidates'`) an
+instruction's C candidate targets are packed into one decoder row, separated by segment ids
+(the model's packing masks keep them apart, so each is scored exactly as alone), so cross-attention
+keys/values are projected once per instruction and no candidate is padded to the longest.
+`'repeated_encoder'` instead repeats the encoded states once per candidate (one decoder row each):
+simpler, but every candidate re-projects the encoder's keys/values, which on the tiny model costs
+more than the rest of the decoder.
 Input and target lengths are rounded up (`bucket_length`: powers of two, then multiples of 64) and
 the instruction batch is padded to B, so jit compiles once per (input bucket, target bucket, candidate count).
 
@@ -62,7 +68,10 @@ class ScoringConfig:
     max_input_length: int | None = 512  # inputs are cut to this many tokens (EOS kept), as SeqIO's trim
     max_target_length: int | None = 64
     min_input_bucket: int = 32
-    min_target_bucket: int = 8
+    min_target_bucket: int = 16
+    # 'packed_candidates' (default): an instruction's candidates packed into one decoder row;
+    # 'repeated_encoder': encoded states repeated per candidate, one decoder row each.
+    shared_path: str = "packed_candidates"
 
     def __post_init__(self):
         if self.reduction not in REDUCTIONS:
@@ -71,6 +80,8 @@ class ScoringConfig:
             raise ValueError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.shared_path not in SHARED_PATHS:
+            raise ValueError(f"unknown shared_path {self.shared_path!r}; expected one of {sorted(SHARED_PATHS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +123,9 @@ def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None) -> list[in
 # Module-level jits with the model as a static argument: every scorer built on the same model object
 # shares the compiled functions (XLA compiles cost seconds on CPU, far more than a small batch).
 @functools.partial(jax.jit, static_argnums=0)
-def _shared_encoder_scores(model, params, encoder_tokens, decoder_targets):
-    """[B, C] summed log p of B·C targets; the encoder runs on the B inputs only."""
+def _repeated_encoder_scores(model, params, encoder_tokens, decoder_targets):
+    """[B, C] summed log p of B·C targets, teacher-forced; the encoder runs on the B inputs only
+    and its states are repeated per candidate (so each candidate re-projects cross-attention K/V)."""
     batch, num_candidates, length = decoder_targets.shape
     encoded = model.encode(params, encoder_tokens)
     encoded = jnp.repeat(encoded, num_candidates, axis=0)
@@ -122,6 +134,48 @@ def _shared_encoder_scores(model, params, encoder_tokens, decoder_targets):
     decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # decoder start token is 0
     sums = model.score_encoded(params, encoded, tokens, decoder_inputs, targets)
     return sums.reshape(batch, num_candidates)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _packed_candidate_scores(model, params, encoder_tokens, packed, num_candidates):
+    """[B, C] summed log p of each instruction's C targets packed into ONE decoder row.
+
+    `packed` holds [B, 3, Lp] int32: decoder inputs (0 starts every candidate), targets, and segment
+    ids (k + 1 for candidate k, 0 for padding). Self-attention stays inside a segment (the model's
+    packing masks) and T5's relative positions only depend on distances within it, so each
+    candidate is scored exactly as alone; cross-attention sees the instruction's whole encoded
+    input (no encoder segment ids), so its keys/values are projected once per instruction.
+    """
+    import flax.linen as nn
+
+    from instructrec_jax.model.t5 import Transformer
+
+    inputs, targets, segments = packed[:, 0], packed[:, 1], packed[:, 2]
+    encoded = model.encode(params, encoder_tokens)
+    logits = model.module.apply({"params": nn.meta.unbox(params)}, encoded, encoder_tokens, inputs, targets,
+                                None, segments, method=Transformer.decode)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0] * (targets > 0)
+    # segment k + 1 -> column k; padding (segment 0) -> no column
+    columns = jax.nn.one_hot(segments - 1, num_candidates, dtype=jnp.float32)
+    return jnp.einsum("bl,blc->bc", token, columns)
+
+
+SHARED_PATHS = ("packed_candidates", "repeated_encoder")
+
+
+def _pack_candidates(rows: Sequence[Sequence[Sequence[int]]], batch_size: int, length: int) -> np.ndarray:
+    """[batch, 3, length]: decoder inputs, targets and segment ids of each row's packed candidates."""
+    out = np.zeros((batch_size, 3, length), dtype=np.int32)
+    for r, candidates in enumerate(rows):
+        at = 0
+        for k, ids in enumerate(candidates):
+            n = len(ids)
+            out[r, 1, at : at + n] = ids
+            out[r, 0, at + 1 : at + n] = ids[:-1]  # position `at` keeps the start token 0
+            out[r, 2, at : at + n] = k + 1
+            at += n
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -172,15 +226,18 @@ class CandidateScorer:
         encoded_inputs = [tokenize(self.tokenizer, text, cfg.max_input_length) for text in inputs]
         encoded_targets = [[self._target_ids(t) for t in targets] for targets in candidate_targets]
         results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(inputs)
+        packed = cfg.shared_path == "packed_candidates"
         # Group by shape bucket so that each compiled call is full of real rows of similar length.
+        # The decoder length is the packed row (all candidates) or the longest single candidate.
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, (enc, targets) in enumerate(zip(encoded_inputs, encoded_targets)):
             if not targets:
                 results[i] = (np.zeros(0), np.zeros(0, dtype=np.int64))
                 continue
+            decoder_length = sum(len(t) for t in targets) if packed else max(len(t) for t in targets)
             key = (
                 bucket_length(len(enc), cfg.min_input_bucket),
-                bucket_length(max(len(t) for t in targets), cfg.min_target_bucket),
+                bucket_length(decoder_length, cfg.min_target_bucket),
                 len(targets),
             )
             groups.setdefault(key, []).append(i)
@@ -188,16 +245,22 @@ class CandidateScorer:
             for start in range(0, len(members), cfg.batch_size):
                 chunk = members[start : start + cfg.batch_size]
                 enc = np.zeros((cfg.batch_size, enc_len), dtype=np.int32)
-                dec = np.zeros((cfg.batch_size, num_c, dec_len), dtype=np.int32)
                 for row, i in enumerate(chunk):
                     enc[row, : len(encoded_inputs[i])] = encoded_inputs[i]
-                    for c, ids in enumerate(encoded_targets[i]):
-                        dec[row, c, : len(ids)] = ids
                 self.compiled_shapes.add((cfg.batch_size, enc_len, num_c, dec_len))
-                sums = np.asarray(_shared_encoder_scores(self.model, self.params, enc, dec), dtype=np.float64)
+                if packed:
+                    rows = _pack_candidates([encoded_targets[i] for i in chunk], cfg.batch_size, dec_len)
+                    sums = _packed_candidate_scores(self.model, self.params, enc, rows, num_c)
+                else:
+                    dec = np.zeros((cfg.batch_size, num_c, dec_len), dtype=np.int32)
+                    for row, i in enumerate(chunk):
+                        for c, ids in enumerate(encoded_targets[i]):
+                            dec[row, c, : len(ids)] = ids
+                    sums = _repeated_encoder_scores(self.model, self.params, enc, dec)
+                sums = np.asarray(sums, dtype=np.float64)
                 for row, i in enumerate(chunk):
                     counts = np.array([len(ids) for ids in encoded_targets[i]], dtype=np.int64)
-                    results[i] = (sums[row], counts)
+                    results[i] = (sums[row, :num_c], counts)
         return results  # type: ignore[return-value]
 
     def log_likelihoods_full_pass(

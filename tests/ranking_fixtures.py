@@ -68,7 +68,8 @@ class KnownScoreModel:
 
     log p(target | input) = -1 per target token (EOS included) + 5 if the target's first token
     equals the input's first token. So 'sum' prefers short targets and the bonus; 'mean' divides
-    both by the token count.
+    both by the token count. It has no decoding cache (its "log-likelihoods" are not normalised
+    distributions), so scorers over it use `shared_path='repeated_encoder'`.
     """
 
     def encode(self, params, encoder_tokens):

@@ -36,7 +36,7 @@ def data(prepared):
 
 
 def _known_scorer(**options):
-    return ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=8, **options))
+    return ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=8, **options))
 
 
 def _known_scores(inputs, targets):

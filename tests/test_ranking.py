@@ -25,9 +25,11 @@ def tiny():
     return tiny_model_and_params()
 
 
-def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny):
+@pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
+def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny, path):
     model, params = tiny
-    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4))
+    config = ranking.ScoringConfig(batch_size=4, shared_path=path)
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), config)
     # two input buckets (<= 32 and <= 64 tokens) and two target buckets (<= 16, <= 64)
     inputs = [
         "The user watched: Heat; Casino. What comes next?",
@@ -46,7 +48,8 @@ def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny):
     shared = scorer.log_likelihoods(inputs, targets)
     full = scorer.log_likelihoods_full_pass(inputs, targets, batch_size=8)
     for (sums, counts), reference, cands in zip(shared, full, targets):
-        np.testing.assert_allclose(sums, reference, rtol=0, atol=1e-5)
+        # 1e-5, or float32's own resolution for large sums (one ulp of 246 is 1.5e-5)
+        np.testing.assert_allclose(sums, reference, rtol=1e-6, atol=1e-5)
         assert list(counts) == [len(c) + 1 for c in cands]  # characters + EOS
         assert np.all(sums < 0)
     # real differences between candidates: the test cannot pass with constant scores
@@ -71,7 +74,7 @@ def test_input_is_trimmed_with_eos_kept_last():
 
 
 def test_known_scores_sum_prefers_short_targets_and_the_bonus():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=2))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=2))
     # input starts with "h": the bonus goes to targets starting with "h"
     (out,) = scorer.score(["hello"], [["hat", "hippopotamus", "ox", "cat"]])
     sums, counts, prior, final = out
@@ -82,14 +85,14 @@ def test_known_scores_sum_prefers_short_targets_and_the_bonus():
 
 
 def test_known_scores_mean_normalises_by_length():
-    cfg = ranking.ScoringConfig(reduction="mean", batch_size=2)
+    cfg = ranking.ScoringConfig(shared_path="repeated_encoder", reduction="mean", batch_size=2)
     scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
     (out,) = scorer.score(["hello"], [["hat", "hippopotamus", "ox", "cat"]])
     np.testing.assert_allclose(out[3], [1 / 4, -8 / 13, -1.0, -1.0])
 
 
 def test_neutral_input_prior_is_subtracted_with_its_weight():
-    cfg = ranking.ScoringConfig(prior="neutral_input", prior_weight=0.5, neutral_input="h", batch_size=2)
+    cfg = ranking.ScoringConfig(shared_path="repeated_encoder", prior="neutral_input", prior_weight=0.5, neutral_input="h", batch_size=2)
     scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
     (out,) = scorer.score(["cow"], [["hat", "cat", "ox"]])
     sums, _, prior, final = out
@@ -102,7 +105,7 @@ def test_item_log_prior_uses_the_given_table():
     table = ranking.popularity_log_prior({"a": 3, "b": 1}, ["a", "b", "c"])
     assert table["a"] == pytest.approx(math.log(4 / 7))
     assert table["c"] == pytest.approx(math.log(1 / 7))
-    cfg = ranking.ScoringConfig(prior="item_log_prior", prior_weight=-1.0, batch_size=2)
+    cfg = ranking.ScoringConfig(shared_path="repeated_encoder", prior="item_log_prior", prior_weight=-1.0, batch_size=2)
     scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg, item_log_prior=table)
     (out,) = scorer.score(["zzz"], [["xx", "yy", "ww"]], [["a", "b", "c"]])
     np.testing.assert_allclose(out[3], np.array([-3, -3, -3]) + np.log([4 / 7, 2 / 7, 1 / 7]))
@@ -114,11 +117,11 @@ def test_unknown_options_are_refused():
     with pytest.raises(ValueError, match="prior"):
         ranking.ScoringConfig(prior="uniform")
     with pytest.raises(ValueError, match="item_log_prior"):
-        ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(prior="item_log_prior"))
+        ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", prior="item_log_prior"))
 
 
 def test_evaluator_on_known_scores_gives_hand_computed_metrics():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3))
     records = [
         # sum scores: hat 1, hippo -8, ox -3, cat -4 -> true "hat" ranks 1
         _record("hello", ["hat", "hippopotamus", "ox", "cat"], 0, template="A", user="u1"),
@@ -141,15 +144,15 @@ def test_evaluator_on_known_scores_gives_hand_computed_metrics():
 
 def test_length_bias_flips_the_winner_between_sum_and_mean():
     records = [_record("q", ["ab", "qrstuvwxyz"], 1)]
-    summed = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=1))
-    mean = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(reduction="mean", batch_size=1))
+    summed = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=1))
+    mean = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", reduction="mean", batch_size=1))
     # sum: ab = -3, qrst.. = -11 + 5 = -6 -> the short wrong one wins; mean: -1 vs -6/11 -> true wins
     assert ranking.evaluate_scored(summed.score_records(records)).overall["HR@1"] == 0.0
     assert ranking.evaluate_scored(mean.score_records(records)).overall["HR@1"] == 1.0
 
 
 def test_best_template_breaks_ties_by_id():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=2))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=2))
     records = [_record("h", ["hat", "cat"], 0, template="t9"), _record("h", ["hat", "cat"], 0, template="t2")]
     assert ranking.best_template(ranking.evaluate_scored(scorer.score_records(records))) == "t2"
 
@@ -166,7 +169,7 @@ def _grouped_records():
 
 
 def test_pooled_protocol_ranks_all_groups_together():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3))
     scored = scorer.score_records(_grouped_records())
     # scores: aaaa -5 bbbbb -6 cccccc -7 | dd -3 eeeee -6 hx -3+5=2 | ffff -5 g -2 iiiiii -7
     m = ranking.rank_groups(scored, protocol="pooled")
@@ -174,7 +177,7 @@ def test_pooled_protocol_ranks_all_groups_together():
 
 
 def test_grouped_protocol_reranks_group_winners():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3))
     scored = scorer.score_records(_grouped_records())
     example = ranking.collect_groups(scored)[0]
     assert example.key == "test/x_neg99/u/5/t1" and example.label_index == 5
@@ -195,7 +198,7 @@ def test_grouped_protocol_reranks_group_winners():
 
 
 def test_true_item_eliminated_in_its_group_misses_every_cutoff():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3))
     recs = _grouped_records()
     # make the true item long so that "dd" wins group 1
     recs[1] = _record("hello", ["dd", "eeeee", "xxxxxxxxx"], 2, candidates=("dd", "eeeee", "xxxxxxxxx"),
@@ -217,7 +220,7 @@ def test_group_winner_ties_go_against_the_true_item_unless_optimistic():
 
 
 def test_records_without_a_true_item_are_refused_by_the_plain_evaluator():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=3))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3))
     scored = scorer.score_records(_grouped_records())
     with pytest.raises(ValueError, match="rank_groups"):
         ranking.evaluate_scored(scored)

@@ -72,7 +72,7 @@ def test_candidate_sources():
 
 
 def test_ranking_by_known_scores_with_listed_and_catalogue_wide_instructions():
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(batch_size=4))
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=4))
     seen = []
     original = scorer.score
 
