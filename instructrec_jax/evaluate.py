@@ -188,7 +188,8 @@ def _fit_baselines(data, config: EvalConfig) -> dict[str, list]:
                 validation = baselines.queries_from_split(data.valid, data.candidates[("valid", 9)], split="valid")
             for seed in config.sasrec_seeds:
                 started = time.perf_counter()
-                model = baselines.fit_baseline(name, data.train, catalogue, seed=seed, validation=validation, **options)
+                model = baselines.fit_baseline(name, data.train, catalogue, seed=seed, validation=validation,
+                                               log_every=options.pop("log_every", 10), **options)
                 log.info("sasrec seed %d: %d epochs (kept epoch %d) in %.1fs", seed, model.epochs_run,
                          model.best_epoch, time.perf_counter() - started)
                 fitted[name].append(model)

@@ -163,10 +163,9 @@ def _loss(module: SASRecModule, loss: str, params, x, y, neg, noise):
         neg_logit = jnp.sum(hidden * module.apply({"params": params}, neg, method=SASRecModule.item_vectors), -1)
         per_position = -jax.nn.log_sigmoid(pos_logit) - jax.nn.log_sigmoid(-neg_logit)
     else:
-        table = params["item_embedding"]["embedding"]  # [N+1, D]
-        logits = hidden @ table.T
-        logits = logits.at[..., 0].set(-1e9)  # padding is never an answer
-        per_position = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        items = params["item_embedding"]["embedding"][1:]  # [N, D]: the padding row is never an answer
+        logits = hidden @ items.T
+        per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y - 1, 0))
     return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
