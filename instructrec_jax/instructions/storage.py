@@ -140,6 +140,21 @@ def _cached_entry(name: str, value) -> bytes:
     return entry
 
 
+# The records of one example under several templates share their candidate tuples (the same
+# objects): the last encoded list of each field is kept and reused when the tuple is the same.
+_LAST_LISTS: dict[str, tuple[tuple[str, ...], bytes]] = {}
+
+
+def _list_entry(name: str, items: tuple[str, ...]) -> bytes:
+    last = _LAST_LISTS.get(name)
+    if last is not None and last[0] is items:
+        return last[1]
+    values = _VALUES.get
+    entry = _bytes_entry(name, b"".join([values(v) or _value(v) for v in items]))
+    _LAST_LISTS[name] = (items, entry)
+    return entry
+
+
 def encode_record(record: InstructionRecord) -> bytes:
     """The serialized tf.train.Example of a record (features in a fixed order)."""
     values, entries = _VALUES.get, _ENTRIES.get
@@ -155,9 +170,8 @@ def encode_record(record: InstructionRecord) -> bytes:
         entries(("target_item", record.target_item))
         or _cached_entry("target_item", record.target_item),
         _bytes_entry("example_id", _value(record.example_id, cache=False)),
-        _bytes_entry("candidates", b"".join([values(v) or _value(v) for v in record.candidates])),
-        _bytes_entry("candidate_targets",
-                     b"".join([values(v) or _value(v) for v in record.candidate_targets])),
+        _list_entry("candidates", record.candidates),
+        _list_entry("candidate_targets", record.candidate_targets),
         entries(("label_index", record.label_index))
         or _cached_entry("label_index", record.label_index),
     ))
