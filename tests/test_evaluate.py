@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
         return prepare_module.prepare("ml-100k", raw, tmp_path_factory.mktemp("prepared"), name="Tiny-ML",
-                                      vocab_size=600, types=types, max_train_examples_per_type=50,
+                                      vocab_size=400, types=types, max_train_examples_per_type=50,
                                       log=lambda m: None)
 
 
@@ -198,3 +198,33 @@ def test_registered_tasks_name_the_dataset_and_feed_inference(prepared):
     assert [e.example_id for e in examples] == [r.example_id for r in records]
     assert examples[0].target_tokens == tuple(vocab.encode(records[0].targets)) + (1,)
     assert examples[0].inputs == records[0].inputs
+
+
+def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
+    """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
+    from instructrec_jax.checkpoints.hf import save_hf_checkpoint
+    from ranking_fixtures import tiny_model_and_params
+
+    model, params = tiny_model_and_params()
+    save_hf_checkpoint(model.config, params, tmp_path / "hf")
+    fields = "\n".join(f"  {k} = {v!r}" for k, v in vars(model.config).items())
+    (tmp_path / "tiny.gin").write_text(
+        "from __gin__ import dynamic_registration\n"
+        "from instructrec_jax.model import config\n"
+        "from instructrec_jax.model import encoder_decoder\n"
+        "MODEL = @encoder_decoder.EncoderDecoderModel()\n"
+        "encoder_decoder.EncoderDecoderModel.config = @config.T5Config()\n"
+        f"config.T5Config:\n{fields}\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    code = evaluate.main([
+        f"--gin_file={tmp_path / 'tiny.gin'}", "--gin_file=gin/runs/eval.gin",
+        f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
+        "--gin.SCENARIOS=['sequential']", "--gin.SCORING='mean'",
+    ])
+    assert code == 0
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    llm = report["scenarios"]["sequential"]["methods"]["instructrec"]
+    assert llm["test"]["overall"]["num_examples"] == 8 * 3 and llm["best_template"] in llm["test"]["by_template"]
+    assert report["scoring"]["reduction"] == "mean"
+    assert "| sequential ⟨P1,I0,T3⟩ | InstructRec |" in (out / "results.md").read_text(encoding="utf-8")

@@ -148,9 +148,12 @@ def jax_worker(args) -> dict:
     optimizer = optimizers.adafactor(1e-3)
     layout = train.state_layout(model, optimizer, partitioner,
                                 {"inputs": inputs_length, "targets": targets_length})
+    import flax.linen as nn
+
     init = jax.jit(lambda: train_state.init_train_state(
-        __import__("flax").linen.unbox(model.init_params(jax.random.PRNGKey(0), None)), optimizer))
-    state = init()
+        nn.unbox(model.init_params(jax.random.PRNGKey(0), None)), optimizer))
+    # Placed as the step expects it (as the trainer does), or the second call would recompile.
+    state = jax.device_put(init(), layout.shardings)
     examples = synthetic_examples(args.batch, inputs_length, targets_length, args.vocab)
     batch = (packed_batch if args.pack else unpacked_batch)(examples, inputs_length, targets_length)
     rows = batch["encoder_input_tokens"].shape[0]
