@@ -65,6 +65,9 @@ class EvalConfig:
     tie_rule: str = "pessimistic"
     select_metric: str = "NDCG@5"
     max_examples: int | None = None  # per scenario and split: the first N examples (user id order)
+    # Calibrated item prior: when the scorer has a prior and this grid is given, the weight with
+    # the best validation `select_metric` (per scenario, over all templates) is used on every split.
+    prior_weights: tuple[float, ...] = ()
     hr_ks: tuple[int, ...] = metrics.PAPER_HR_KS
     ndcg_ks: tuple[int, ...] = metrics.PAPER_NDCG_KS
 
@@ -209,8 +212,9 @@ def _mean_metrics(runs: list[metrics.RankingMetrics]) -> dict[str, Any]:
     return out
 
 
-def _llm_split_results(scorer, records, config: EvalConfig, item_texts) -> dict[str, Any]:
-    """Overall and per-template metrics of the LLM on one split's records."""
+def _llm_split_results(scorer, records, config: EvalConfig, item_texts, scored=None) -> dict[str, Any]:
+    """Overall and per-template metrics of the LLM on one split's records (`scored`: the records
+    already scored, e.g. reweighted by a calibrated prior)."""
     kwargs = dict(tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks)
     if config.negatives == 99 and config.neg99_protocol == "groups":
         from instructrec_jax.instructions.generator import candidate_groups, with_candidates
@@ -231,8 +235,14 @@ def _llm_split_results(scorer, records, config: EvalConfig, item_texts) -> dict[
             return metrics.evaluate_rankings([r for _, r in pairs], [e.label_index for e, _ in pairs], **kwargs)
 
         return {"overall": measure(rows), "by_template": {t: measure(p) for t, p in by_template.items()}}
-    results = ranking.evaluate_scored(scorer.score_records(records), **kwargs)
+    results = ranking.evaluate_scored(scorer.score_records(records) if scored is None else scored, **kwargs)
     return {"overall": results.overall, "by_template": results.by_template}
+
+
+def _calibrates(scorer, config: EvalConfig) -> bool:
+    return bool(scorer is not None and config.prior_weights and scorer.config.prior != "none"
+                and "validation" in config.splits
+                and not (config.negatives == 99 and config.neg99_protocol == "groups"))
 
 
 def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateScorer | None,
@@ -268,7 +278,11 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
         stored_type = neg99_name(type_name) if config.negatives == 99 else type_name
         entry: dict[str, Any] = {"instruction_type": stored_type, "methods": {}}
         llm: dict[str, Any] = {}
-        for split in config.splits:
+        calibration = None
+        calibrate = _calibrates(scorer, config)
+        splits = (("validation",) + tuple(s for s in config.splits if s != "validation")
+                  if calibrate else config.splits)  # the weight is chosen on validation first
+        for split in splits:
             records = load_records(prepared_dir, stored_type, split, config.max_examples)
             if retriever is not None:
                 records = hard_negative_records(records, data, retriever, item_texts, split,
@@ -280,13 +294,28 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                 entry["methods"].setdefault(name, {})[split] = _mean_metrics(runs)
             if scorer is not None:
                 t0 = time.perf_counter()
-                llm[split] = _llm_split_results(scorer, records, config, item_texts)
+                scored = None
+                if calibrate:
+                    scored = scorer.score_records(records)
+                    if calibration is None:
+                        weight, grid = ranking.calibrate_prior_weight(
+                            scored, config.prior_weights, scorer.config.reduction,
+                            metric=config.select_metric, tie_rule=config.tie_rule)
+                        calibration = {"prior_weight": weight, "chosen_on": "validation",
+                                       "metric": config.select_metric,
+                                       "grid": {str(w): v for w, v in grid.items()}}
+                        progress(f"eval: {scenario}: prior weight {weight} chosen on validation "
+                                 f"({config.select_metric} {grid[weight]:.4f})")
+                    scored = ranking.reweighted(scored, calibration["prior_weight"], scorer.config.reduction)
+                llm[split] = _llm_split_results(scorer, records, config, item_texts, scored)
                 progress(f"eval: {scenario} {split}: {len(records)} instructions, {len(queries)} examples "
                          f"scored in {time.perf_counter() - t0:.1f}s")
         if scorer is not None:
             out: dict[str, Any] = {split: {"overall": r["overall"].as_dict(),
                                            "by_template": {t: m.as_dict() for t, m in sorted(r["by_template"].items())}}
                                    for split, r in llm.items()}
+            if calibration is not None:
+                out["prior_calibration"] = calibration
             if "validation" in llm and "test" in llm:
                 valid = ranking.TemplateResults(llm["validation"]["overall"], llm["validation"]["by_template"])
                 best = ranking.best_template(valid, config.select_metric)
@@ -343,8 +372,17 @@ def _notes(report: dict[str, Any]) -> list[str]:
     notes = [f"ties: {report['tie_rule']}; InstructRec: template best on validation by {report['select_metric']}"]
     if report.get("scoring"):
         s = report["scoring"]
-        prior = "" if s["prior"] == "none" else f", prior {s['prior']} × {s['prior_weight']}"
-        notes.append(f"InstructRec scores: {s['reduction']} log-likelihood{prior}")
+        prior = "" if s["prior"] == "none" else f" − w × {s['prior']}"
+        chosen = {name: entry["methods"].get(LLM_METHOD, {}).get("prior_calibration", {}).get("prior_weight")
+                  for name, entry in report["scenarios"].items()}
+        if s["prior"] == "none":
+            weight = ""
+        elif any(w is not None for w in chosen.values()):
+            weight = " (w chosen on validation: " + ", ".join(
+                f"{name} {w}" for name, w in chosen.items() if w is not None) + ")"
+        else:
+            weight = f" (w = {s['prior_weight']})"
+        notes.append(f"InstructRec scores: {s['reduction']} log-likelihood{prior}{weight}")
     if len(report.get("sasrec_seeds", [])) > 1:
         notes.append(f"SASRec: mean over seeds {report['sasrec_seeds']}")
     return notes
@@ -395,6 +433,7 @@ def evaluate(
     scoring: str = "sum",
     prior: str = "none",
     prior_weight: float = 1.0,
+    prior_weights: Sequence[float] | None = None,
     num_negatives: int = 9,
     neg99_protocol: str = "direct",
     hard_negatives: str | None = None,
@@ -417,7 +456,8 @@ def evaluate(
         neg99_protocol=neg99_protocol, hard_negatives=hard_negatives, baselines=tuple(baseline_names),
         baseline_options={"itemknn": {"window": itemknn_window},
                           "sasrec": {"epochs": sasrec_epochs, "loss": sasrec_loss}},
-        sasrec_seeds=tuple(sasrec_seeds), tie_rule=tie_rule, max_examples=max_examples)
+        sasrec_seeds=tuple(sasrec_seeds), tie_rule=tie_rule, max_examples=max_examples,
+        prior_weights=tuple(float(w) for w in (prior_weights or ())))
     scorer = None
     if checkpoint_path is not None:
         if model is None:

@@ -421,6 +421,38 @@ def evaluate_scored(
     )
 
 
+def reweighted(scored: Sequence[ScoredCandidates], prior_weight: float, reduction: str) -> list[ScoredCandidates]:
+    """The same candidates ranked by `reduced likelihood - prior_weight * prior` (records without a
+    prior keep the reduced likelihood)."""
+    out = []
+    for s in scored:
+        value = s.log_likelihood if reduction == "sum" else s.log_likelihood / np.maximum(s.num_tokens, 1)
+        final = value if s.prior is None else value - prior_weight * s.prior
+        out.append(dataclasses.replace(s, scores=final))
+    return out
+
+
+def calibrate_prior_weight(
+    valid: Sequence[ScoredCandidates],
+    weights: Sequence[float],
+    reduction: str,
+    *,
+    metric: str = "NDCG@5",
+    tie_rule: str = "pessimistic",
+) -> tuple[float, dict[float, float]]:
+    """The prior weight of `weights` with the best overall `metric` on validation records (ties: the
+    one closest to 0, then the smaller), and the metric of every weight."""
+    if not weights:
+        raise ValueError("calibrate_prior_weight needs at least one weight")
+    values = {}
+    for w in weights:
+        rows = reweighted(valid, float(w), reduction)
+        values[float(w)] = metrics.evaluate_rankings([r.scores for r in rows], [r.label_index for r in rows],
+                                                     tie_rule=tie_rule).values[metric]
+    best = min(values, key=lambda w: (-values[w], abs(w), w))
+    return best, values
+
+
 def best_template(valid: TemplateResults, metric: str = "NDCG@5") -> str:
     """The template with the highest `metric` on validation (ties: the smallest template id)."""
     if not valid.by_template:

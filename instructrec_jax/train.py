@@ -93,11 +93,14 @@ def train(
     random_seed: int | None = 0,
     num_microbatches: int = 1,
     write_summaries: bool = True,
+    param_initializers: Sequence[Any] = (),
 ) -> TrainSummary:
     """Trains `model` on `train_dataset_cfg` up to the absolute step `total_steps`.
 
     Resumes from MODEL_DIR's newest complete checkpoint if there is one; otherwise starts from
-    `checkpoint_cfg.initial_checkpoint_path` (Orbax, HF or T5X) or from a random initialisation.
+    `checkpoint_cfg.initial_checkpoint_path` (Orbax, HF or T5X) or from a random initialisation,
+    which `param_initializers` (callables params -> params, e.g. item_init.CooccurrenceItemInit)
+    then adjust in order. They run once, at step 0: a resumed run restores what they produced.
     """
     is_chief = jax.process_index() == 0
     model_dir = str(model_dir)
@@ -131,6 +134,14 @@ def train(
     else:
         state = _initial_state(model, optimizer, partitioner, init_rng, init_shapes,
                                state_shardings, abstract_state, checkpoint_cfg)
+        if param_initializers and not checkpoint_cfg.initial_checkpoint_path:
+            if jax.process_count() > 1:
+                raise ValueError("param_initializers pass the parameters through one host's memory; "
+                                 "run them in a single process and start from that checkpoint")
+            params = jax.device_get(state.params)
+            for initializer in param_initializers:
+                params = initializer(params)
+            state = state.replace(params=jax.device_put(params, state_shardings.params))
     start_step = int(jax.device_get(state.step))
     if data_state and (data_state.get("global_batch_size") != train_dataset_cfg.batch_size
                        or data_state.get("mixture_or_task_name")

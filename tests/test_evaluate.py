@@ -200,8 +200,8 @@ def test_registered_tasks_name_the_dataset_and_feed_inference(prepared):
     assert examples[0].inputs == records[0].inputs
 
 
-def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
-    """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
+def _tiny_model_gin(tmp_path):
+    """A model gin file and an HF checkpoint of the tiny ranking test model."""
     from instructrec_jax.checkpoints.hf import save_hf_checkpoint
     from ranking_fixtures import tiny_model_and_params
 
@@ -215,9 +215,15 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
         "MODEL = @encoder_decoder.EncoderDecoderModel()\n"
         "encoder_decoder.EncoderDecoderModel.config = @config.T5Config()\n"
         f"config.T5Config:\n{fields}\n", encoding="utf-8")
+    return tmp_path / "tiny.gin"
+
+
+def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
+    """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
+    model_gin = _tiny_model_gin(tmp_path)
     out = tmp_path / "eval"
     code = evaluate.main([
-        f"--gin_file={tmp_path / 'tiny.gin'}", "--gin_file=gin/runs/eval.gin",
+        f"--gin_file={model_gin}", "--gin_file=gin/runs/eval.gin",
         f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
         f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
         "--gin.SCENARIOS=['sequential']", "--gin.SCORING='mean'",
@@ -228,3 +234,24 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
     assert llm["test"]["overall"]["num_examples"] == 8 * 3 and llm["best_template"] in llm["test"]["by_template"]
     assert report["scoring"]["reduction"] == "mean"
     assert "| sequential ⟨P1,I0,T3⟩ | InstructRec |" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):
+    model_gin = _tiny_model_gin(tmp_path)
+    out = tmp_path / "eval"
+    code = evaluate.main([
+        f"--gin_file={model_gin}", "--gin_file=gin/runs/eval.gin",
+        f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
+        "--gin.SCENARIOS=['sequential']", "--gin.PRIOR='item_log_prior'", "--gin.PRIOR_WEIGHTS=[0.0, -1.0, -30.0]",
+    ])
+    assert code == 0
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    methods = report["scenarios"]["sequential"]["methods"]
+    calibration = methods["instructrec"]["prior_calibration"]
+    grid = {float(w): v for w, v in calibration["grid"].items()}
+    assert set(grid) == {0.0, -1.0, -30.0} and calibration["chosen_on"] == "validation"
+    assert grid[calibration["prior_weight"]] == max(grid.values())
+    # A huge weight ranks by popularity alone: the same validation NDCG@5 as the popularity baseline.
+    assert grid[-30.0] == pytest.approx(methods["popularity"]["validation"]["NDCG@5"], abs=0.02)
+    assert "chosen on validation" in (out / "results.md").read_text(encoding="utf-8")

@@ -224,3 +224,23 @@ def test_records_without_a_true_item_are_refused_by_the_plain_evaluator():
     scored = scorer.score_records(_grouped_records())
     with pytest.raises(ValueError, match="rank_groups"):
         ranking.evaluate_scored(scored)
+
+
+def test_prior_weight_is_calibrated_on_validation_records():
+    """Three instructions whose true item is the popular one in two: a negative weight (adding log
+    popularity) ranks them first; the likelihood alone gets one right. Ties go to the weight nearest 0."""
+    def rec(key, label, ll, prior):
+        ll, prior = np.array(ll), np.array(prior)
+        return ranking.ScoredCandidates(key, ("a", "b", "c"), label, ll, np.full(3, 2), prior, ll.copy())
+
+    valid = [rec("u1", 0, [-1.0, -0.5, -3.0], [-1.0, -4.0, -4.0]),
+             rec("u2", 2, [-2.0, -2.2, -2.1], [-4.0, -4.0, -1.0]),
+             rec("u3", 1, [-2.0, -1.0, -3.0], [-3.0, -2.0, -3.0])]
+    weight, values = ranking.calibrate_prior_weight(valid, [0.0, -0.5, -1.0, 1.0], "sum", metric="HR@1")
+    assert weight == -0.5  # -0.5 and -1.0 both reach HR@1 = 1: the one nearer 0 wins
+    assert values == {0.0: pytest.approx(1 / 3), -0.5: 1.0, -1.0: 1.0, 1.0: 0.0}
+    rescored = ranking.reweighted(valid, -0.5, "sum")
+    np.testing.assert_allclose(rescored[0].scores, [-1.5, -2.5, -5.0])
+    np.testing.assert_allclose(ranking.reweighted(valid, 0.0, "mean")[1].scores, [-1.0, -1.1, -1.05])
+    with pytest.raises(ValueError):
+        ranking.calibrate_prior_weight(valid, [], "sum")
