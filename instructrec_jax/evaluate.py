@@ -306,13 +306,19 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                                        "grid": {str(w): v for w, v in grid.items()}}
                         progress(f"eval: {scenario}: prior weight {weight} chosen on validation "
                                  f"({config.select_metric} {grid[weight]:.4f})")
+                    without = ranking.reweighted(scored, 0.0, scorer.config.reduction)
                     scored = ranking.reweighted(scored, calibration["prior_weight"], scorer.config.reduction)
                 llm[split] = _llm_split_results(scorer, records, config, item_texts, scored)
+                if calibrate:  # what the prior adds: the same records ranked by the likelihood alone
+                    llm[split]["without_prior"] = ranking.evaluate_scored(
+                        without, tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks).overall
                 progress(f"eval: {scenario} {split}: {len(records)} instructions, {len(queries)} examples "
                          f"scored in {time.perf_counter() - t0:.1f}s")
         if scorer is not None:
             out: dict[str, Any] = {split: {"overall": r["overall"].as_dict(),
-                                           "by_template": {t: m.as_dict() for t, m in sorted(r["by_template"].items())}}
+                                           "by_template": {t: m.as_dict() for t, m in sorted(r["by_template"].items())},
+                                           **({"without_prior": r["without_prior"].as_dict()}
+                                              if "without_prior" in r else {})}
                                    for split, r in llm.items()}
             if calibration is not None:
                 out["prior_calibration"] = calibration

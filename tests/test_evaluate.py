@@ -252,6 +252,9 @@ def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):
     grid = {float(w): v for w, v in calibration["grid"].items()}
     assert set(grid) == {0.0, -1.0, -30.0} and calibration["chosen_on"] == "validation"
     assert grid[calibration["prior_weight"]] == max(grid.values())
+    llm = methods["instructrec"]
+    assert llm["validation"]["without_prior"]["NDCG@5"] == pytest.approx(grid[0.0])
+    assert llm["test"]["without_prior"]["num_examples"] == llm["test"]["overall"]["num_examples"]
     # A huge weight ranks by popularity alone: the same validation NDCG@5 as the popularity baseline.
     assert grid[-30.0] == pytest.approx(methods["popularity"]["validation"]["NDCG@5"], abs=0.02)
     assert "chosen on validation" in (out / "results.md").read_text(encoding="utf-8")

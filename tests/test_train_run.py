@@ -112,6 +112,14 @@ def test_initial_checkpoint_from_an_hf_dir_continues_from_its_exact_weights(sing
     assert result["identical"]  # learning rate 0: the saved parameters are the HF weights
 
 
+def test_param_initializers_run_once_at_step_zero_and_not_on_resume(single):
+    result = ok(single["param_init"])
+    assert result["codes"] == [0, 0], result["stderr"]
+    assert result["embedding_values"] == [0.125]  # learning rate 0: what the initializer set
+    assert result["resumed"] and result["step"] == 4
+    assert result["calls"] == 1
+
+
 def test_initial_checkpoint_from_a_t5x_dir_keeps_its_step_as_t5x_does(single):
     result = ok(single["t5x_initial"])
     assert result["code"] == 0, result["stderr"]

@@ -99,6 +99,35 @@ DROPOUT_RATE = 0.0
 """
 
 
+class MarkEmbedding:
+    """A trainer `param_initializer` for tests: sets the token embedding to `value` and appends a
+    line to `record` each time it runs (a resumed run must not run it again)."""
+
+    def __init__(self, value: float, record: str):
+        self.value, self.record = value, record
+
+    def __call__(self, params):
+        import numpy as np
+
+        with open(self.record, "a", encoding="utf-8") as f:
+            f.write("ran\n")
+        embedding = np.full_like(np.asarray(params["token_embedder"]["embedding"]), self.value)
+        return {**params, "token_embedder": {**params["token_embedder"], "embedding": embedding}}
+
+
+def param_init_gin(directory: Path, value: float, record: Path) -> Path:
+    """A gin file adding MarkEmbedding(value, record) to the trainer's param_initializers."""
+    path = Path(directory) / "param_init.gin"
+    path.write_text(
+        "from __gin__ import dynamic_registration\n"
+        "import train_fixtures\n"
+        "from instructrec_jax import train as train_lib\n"
+        "train_lib.train.param_initializers = [@train_fixtures.MarkEmbedding()]\n"
+        f"train_fixtures.MarkEmbedding.value = {value!r}\n"
+        f"train_fixtures.MarkEmbedding.record = {str(record)!r}\n")
+    return path
+
+
 def write_model_gin(directory: Path) -> Path:
     path = Path(directory) / "test_model.gin"
     path.write_text(MODEL_GIN)

@@ -214,6 +214,21 @@ def single_group(work: Path) -> dict:
 
     scenario("hf_initial", hf_initial)
 
+    def param_init():
+        record = work / "param_init_calls.txt"
+        extra = [f"--gin_file={fx.param_init_gin(work, 0.125, record)}", "--gin.LEARNING_RATE=0.0",
+                 "--gin.EVAL_PERIOD=0", "--gin.SAVE_PERIOD=2"]
+        first = _cli(fx.train_command(gin_file, work / "param_init", steps=2)[3:] + extra)
+        again = _cli(fx.train_command(gin_file, work / "param_init", steps=4)[3:] + extra)
+        trained = manager.load_weights(str(work / "param_init"), _abstract_params())
+        embedding = _values(trained.params)["token_embedder/embedding"]
+        return {"codes": [first["code"], again["code"]], "stderr": first["stderr"] + again["stderr"],
+                "resumed": "resumed from" in again["stdout"], "step": trained.step,
+                "embedding_values": sorted({float(v) for v in np.unique(embedding)}),
+                "calls": record.read_text(encoding="utf-8").count("ran")}
+
+    scenario("param_init", param_init)
+
     def t5x_initial():
         from test_t5x_import import write_t5x_checkpoint
 
