@@ -123,6 +123,18 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def current_rss_gib() -> float:
+    """Resident memory now (after the timed steps: the steady state, without compile-time peaks)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
 # -- workers (one per process) -------------------------------------------------------------
 
 
@@ -250,7 +262,8 @@ def _result(framework, args, times, rows, real_tokens, peak, **extra) -> dict:
         "real_tokens_per_s": real_tokens / step_s,
         "examples_per_s": args.batch / step_s,
         "matmul_peak_gflops": peak / 1e9, "model_gflops_per_s": flops / step_s / 1e9,
-        "mfu": flops / step_s / peak, "peak_rss_gib": peak_rss_gib(), **extra,
+        "mfu": flops / step_s / peak, "peak_rss_gib": peak_rss_gib(),
+        "end_rss_gib": current_rss_gib(), **extra,
     }
 
 
@@ -299,6 +312,7 @@ def parse_args(argv):
     parser.add_argument("--torch-bf16", action="store_true", help="also run torch with bf16 autocast")
     parser.add_argument("--frameworks", default="jax,torch")
     parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our runs")
+    parser.add_argument("--json-out", default=None, help="append each run's full result (JSON line)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -326,27 +340,39 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     frameworks = args.frameworks.split(",")
-    base = [a for a in argv if not a.startswith(("--pack", "--torch-bf16"))]
+    base, skip = [], False  # the workers' arguments: the driver-only options left out
+    for a in argv:
+        if skip or a.startswith(("--pack", "--torch-bf16", "--json-out")):
+            skip = a == "--json-out"
+            continue
+        base.append(a)
     print(f"batch {args.batch}, lengths {args.lengths[0]}/{args.lengths[1]}, vocab {args.vocab}, "
           f"ours: {args.dtype} activations, Adafactor, remat {args.remat}, microbatches "
           f"{args.microbatches}; torch: {args.threads} threads, transformers {args.torch_optimizer}")
     header = (f"{'run':<26}{'steps/s':>9}{'tokens/s':>10}{'real tok/s':>11}{'ex/s':>7}"
-              f"{'peak GF/s':>10}{'MFU':>7}{'RSS GiB':>8}")
+              f"{'peak GF/s':>10}{'MFU':>7}{'RSS GiB':>8}{'end RSS':>8}")
     print(header)
     for model in args.models.split(","):
-        results = {}
+        runs = []
         if "jax" in frameworks:
-            results["ours"] = run_worker(base, "jax", model, xla_flags=args.xla_flags)
+            runs.append(("ours", "jax", [], args.xla_flags))
             if args.pack:
-                results["ours packed"] = run_worker(base, "jax", model, ["--pack"], args.xla_flags)
+                runs.append(("ours packed", "jax", ["--pack"], args.xla_flags))
         if "torch" in frameworks:
-            results["transformers fp32"] = run_worker(base, "torch", model)
+            runs.append(("transformers fp32", "torch", [], ""))
             if args.torch_bf16:
-                results["transformers bf16"] = run_worker(base, "torch", model, ["--torch-bf16"])
-        for name, r in results.items():
+                runs.append(("transformers bf16", "torch", ["--torch-bf16"], ""))
+        results = {}
+        for name, framework, extra, flags in runs:  # each row as soon as it is measured
+            r = results[name] = run_worker(base, framework, model, extra, flags)
             print(f"{model + ' ' + name:<26}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10,.0f}"
                   f"{r['real_tokens_per_s']:>11,.0f}{r['examples_per_s']:>7.1f}"
-                  f"{r['matmul_peak_gflops']:>10.0f}{r['mfu']:>7.1%}{r['peak_rss_gib']:>8.2f}")
+                  f"{r['matmul_peak_gflops']:>10.0f}{r['mfu']:>7.1%}{r['peak_rss_gib']:>8.2f}"
+                  f"{r.get('end_rss_gib', float('nan')):>8.2f}",
+                  flush=True)
+            if args.json_out:
+                with open(args.json_out, "a") as f:
+                    f.write(json.dumps({"run": name, **r}) + "\n")
         torch_runs = [r for n, r in results.items() if n.startswith("transformers")]
         if "ours" in results and torch_runs:
             best = max(torch_runs, key=lambda r: r["real_tokens_per_s"])
