@@ -451,6 +451,7 @@ def evaluate(
     tie_rule: str = "pessimistic",
     max_examples: int | None = None,
     batch_size: int = 16,
+    bucket_step: int = 64,
     task_feature_lengths: dict | None = None,
     plot: bool = True,
 ) -> dict[str, Any]:
@@ -475,7 +476,8 @@ def evaluate(
         tokenizer = load_vocabulary(path / manifest.get("vocabulary", "spiece.model"))
         params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, prior=prior, prior_weight=prior_weight,
-                                               batch_size=batch_size, max_input_length=lengths["inputs"],
+                                               batch_size=batch_size, bucket_step=bucket_step,
+                                               max_input_length=lengths["inputs"],
                                                max_target_length=lengths["targets"])
         item_prior = None
         if prior == "item_log_prior":

@@ -69,6 +69,7 @@ class ScoringConfig:
     max_target_length: int | None = 64
     min_input_bucket: int = 32
     min_target_bucket: int = 16
+    bucket_step: int = 64  # padded lengths beyond the powers of two are multiples of this
     # 'packed_candidates' (default): an instruction's candidates packed into one decoder row;
     # 'repeated_encoder': encoded states repeated per candidate, one decoder row each.
     shared_path: str = "packed_candidates"
@@ -80,6 +81,8 @@ class ScoringConfig:
             raise ValueError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.bucket_step < 1:
+            raise ValueError(f"bucket_step must be >= 1, got {self.bucket_step}")
         if self.shared_path not in SHARED_PATHS:
             raise ValueError(f"unknown shared_path {self.shared_path!r}; expected one of {sorted(SHARED_PATHS)}")
 
@@ -236,8 +239,8 @@ class CandidateScorer:
                 continue
             decoder_length = sum(len(t) for t in targets) if packed else max(len(t) for t in targets)
             key = (
-                bucket_length(len(enc), cfg.min_input_bucket),
-                bucket_length(decoder_length, cfg.min_target_bucket),
+                bucket_length(len(enc), cfg.min_input_bucket, cfg.bucket_step),
+                bucket_length(decoder_length, cfg.min_target_bucket, cfg.bucket_step),
                 len(targets),
             )
             groups.setdefault(key, []).append(i)
@@ -279,8 +282,8 @@ class CandidateScorer:
         out = [np.zeros(len(t)) for t in candidate_targets]
         if not pairs:
             return out
-        enc_len = bucket_length(max(len(p[2]) for p in pairs), cfg.min_input_bucket)
-        dec_len = bucket_length(max(len(p[3]) for p in pairs), cfg.min_target_bucket)
+        enc_len = bucket_length(max(len(p[2]) for p in pairs), cfg.min_input_bucket, cfg.bucket_step)
+        dec_len = bucket_length(max(len(p[3]) for p in pairs), cfg.min_target_bucket, cfg.bucket_step)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             enc = np.zeros((batch_size, enc_len), dtype=np.int32)

@@ -218,18 +218,23 @@ def _tiny_model_gin(tmp_path):
     return tmp_path / "tiny.gin"
 
 
-def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
-    """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
+def _evaluate_tiny(prepared, tmp_path, *flags):
+    """`instructrec eval` of the tiny model on 8 sequential examples with popularity; (report, out dir)."""
     model_gin = _tiny_model_gin(tmp_path)
     out = tmp_path / "eval"
     code = evaluate.main([
         f"--gin_file={model_gin}", "--gin_file=gin/runs/eval.gin",
         f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
         f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
-        "--gin.SCENARIOS=['sequential']", "--gin.SCORING='mean'",
+        "--gin.SCENARIOS=['sequential']", *flags,
     ])
     assert code == 0
-    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8")), out
+
+
+def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
+    """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
+    report, out = _evaluate_tiny(prepared, tmp_path, "--gin.SCORING='mean'")
     llm = report["scenarios"]["sequential"]["methods"]["instructrec"]
     assert llm["test"]["overall"]["num_examples"] == 8 * 3 and llm["best_template"] in llm["test"]["by_template"]
     assert report["scoring"]["reduction"] == "mean"
@@ -237,16 +242,8 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
 
 
 def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):
-    model_gin = _tiny_model_gin(tmp_path)
-    out = tmp_path / "eval"
-    code = evaluate.main([
-        f"--gin_file={model_gin}", "--gin_file=gin/runs/eval.gin",
-        f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-        f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
-        "--gin.SCENARIOS=['sequential']", "--gin.PRIOR='item_log_prior'", "--gin.PRIOR_WEIGHTS=[0.0, -1.0, -30.0]",
-    ])
-    assert code == 0
-    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    report, out = _evaluate_tiny(prepared, tmp_path, "--gin.PRIOR='item_log_prior'",
+                                 "--gin.PRIOR_WEIGHTS=[0.0, -1.0, -30.0]")
     methods = report["scenarios"]["sequential"]["methods"]
     calibration = methods["instructrec"]["prior_calibration"]
     grid = {float(w): v for w, v in calibration["grid"].items()}

@@ -244,3 +244,11 @@ def test_prior_weight_is_calibrated_on_validation_records():
     np.testing.assert_allclose(ranking.reweighted(valid, 0.0, "mean")[1].scores, [-1.0, -1.1, -1.05])
     with pytest.raises(ValueError):
         ranking.calibrate_prior_weight(valid, [], "sum")
+
+
+def test_bucket_step_bounds_the_padding_of_long_inputs():
+    assert ranking.bucket_length(20, 16) == 32  # powers of two first
+    assert ranking.bucket_length(132, 32) == 192  # then multiples of 64 by default
+    assert ranking.bucket_length(132, 32, 16) == 144
+    with pytest.raises(ValueError, match="bucket_step"):
+        ranking.ScoringConfig(bucket_step=0)

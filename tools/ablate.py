@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-PRIOR_GRID = "[0.0, -0.1, -0.25, -0.5, -0.75, -1.0, -1.5, -2.0]"
+PRIOR_GRID = "[0.0, -0.1, -0.25, -0.5, -0.75, -1.0, -1.5, -2.0]"  # as ml100k_demo_eval.gin
 
 
 def _children_cpu() -> float:

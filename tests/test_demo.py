@@ -1,0 +1,57 @@
+"""`instructrec demo`: the command sequence it runs, reuse of prepared data, and failures."""
+
+import os
+
+import pytest
+
+from instructrec_jax import demo
+
+
+def _recorder(calls, fail=None):
+    def runner(command):
+        calls.append(command)
+        return 1 if command[0] == fail else 0
+    return runner
+
+
+def test_demo_runs_prepare_inspect_train_eval_with_the_experiment_gin_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_DATA_DIR", "unused")  # restored after the test
+    calls = []
+    assert demo.main(["--work-dir", str(tmp_path), "--train-binding=--gin.TRAIN_STEPS=3"], runner=_recorder(calls)) == 0
+    assert [c[0] for c in calls] == ["prepare", "inspect-task", "train", "eval"]
+    prepare, _, train, evaluate = calls
+    assert prepare[prepare.index("--renderer") + 1] == "id_token"
+    assert prepare[prepare.index("--types") + 1].split(",") == list(demo.DEMO_TYPES)
+    assert "--gin_file=gin/experiments/ml100k_demo.gin" in train and "--gin.TRAIN_STEPS=3" in train
+    assert f"--gin.MODEL_DIR='{tmp_path / 'model'}'" in train
+    assert f"--gin.CHECKPOINT_PATH='{tmp_path / 'model' / 'checkpoints'}'" in evaluate
+    assert "--gin_file=gin/experiments/ml100k_demo_eval.gin" in evaluate
+    # The experiment gin files find the dataset through the demo's data folder.
+    assert os.environ["INSTRUCTREC_DATA_DIR"] == str(tmp_path / "prepared")
+
+
+def test_demo_reuses_a_prepared_dataset_and_can_skip_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_DATA_DIR", "unused")  # restored after the test
+    folder = tmp_path / "prepared" / demo.DATASET_FOLDER
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    calls = []
+    demo.main(["--work-dir", str(tmp_path), "--skip-train"], runner=_recorder(calls))
+    assert [c[0] for c in calls] == ["inspect-task", "eval"]
+
+
+def test_a_failing_step_stops_the_demo_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_DATA_DIR", "unused")  # restored after the test
+    calls = []
+    with pytest.raises(SystemExit, match="instructrec train` failed"):
+        demo.main(["--work-dir", str(tmp_path)], runner=_recorder(calls, fail="train"))
+    assert [c[0] for c in calls] == ["prepare", "inspect-task", "train"]
+
+
+def test_experiment_gin_files_name_the_demo_dataset():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("ml100k_demo.gin", "ml100k_demo_eval.gin", "ml100k_long.gin"):
+        text = (root / "gin" / "experiments" / name).read_text(encoding="utf-8")
+        assert f"DATASET = '{demo.DATASET_FOLDER}'" in text, name
