@@ -183,11 +183,17 @@ def request_from_args(data, item_texts: dict[str, str], *, user: str | None, his
         by_text = {}
         for item_id, text in item_texts.items():
             by_text.setdefault(text.lower(), item_id)
+        # Catalogue titles too: with id-token renderers the model reads "<item_12>", users type titles.
+        for item_id, item in data.items.items():
+            by_text.setdefault(item.title.strip().lower(), item_id)
         for title in (t.strip() for t in history.split(";")):
             if title:
-                texts.append(title)
-                if title.lower() in by_text:  # titles that match the catalogue feed the baselines too
-                    ids.append(by_text[title.lower()])
+                item_id = by_text.get(title.lower())
+                # Titles that match the catalogue are written as the model was trained to read them
+                # and feed the baselines too; other titles are passed on as typed.
+                texts.append(item_texts.get(item_id, title) if item_id is not None else title)
+                if item_id is not None:
+                    ids.append(item_id)
     return Request(tuple(ids), tuple(texts), preference, request, query)
 
 
@@ -224,9 +230,14 @@ def configured_model(model=None):
     return model
 
 
-def format_table(recommendations: Sequence[Recommendation]) -> str:
-    lines = ["| rank | item | text | score | log-likelihood |", "|---:|---|---|---:|---:|"]
+def format_table(recommendations: Sequence[Recommendation], titles: dict[str, str] | None = None) -> str:
+    """A markdown table; `titles` (item id -> catalogue title) adds a title column, useful when the
+    model's item text is an id token."""
+    titles = titles or {}
+    head = "| rank | item | text | score | log-likelihood |" + (" title |" if titles else "")
+    lines = [head, "|---:|---|---|---:|---:|" + ("---|" if titles else "")]
     lines += [f"| {r.rank} | {r.item_id} | {r.text} | {r.score:.4f} | {r.log_likelihood:.4f} |"
+              + (f" {titles.get(r.item_id, '')} |" if titles else "")
               for r in recommendations]
     return "\n".join(lines)
 
@@ -277,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t3, t2 = instruction_types(request)
         print(f"{len(candidates)} candidates ({args.candidates}); instruction type "
               f"{t3 if len(candidates) <= args.list_max or t2 is None else t2}")
-        print(format_table(ranked))
+        print(format_table(ranked, {i: item.title for i, item in data.items.items()}))
     return 0
 
 

@@ -15,7 +15,7 @@ from ranking_fixtures import CharTokenizer, KnownScoreModel, tiny_model_and_para
 def _data():
     s = markov_splits(num_users=10, num_items=30, length=12)
     sequences = [UserSequence(u, seq, tuple(range(len(seq)))) for u, seq in sorted(s.sequences.items())]
-    items = {i: None for i in s.catalogue}
+    items = {i: types.SimpleNamespace(title=TEXTS[i]) for i in s.catalogue}
     return types.SimpleNamespace(name="toy", items=items, sequences=sequences, train=s.train)
 
 
@@ -51,9 +51,19 @@ def test_request_from_a_user_or_typed_titles():
     assert req.history_ids == user.item_ids[-5:]
     assert req.history_texts == tuple(TEXTS[i] for i in user.item_ids[-5:])
     typed = recommend.request_from_args(data, TEXTS, user=None, history=f"{TEXTS['i003'].upper()}; Unknown Film")
-    assert typed.history_ids == ("i003",) and typed.history_texts == (TEXTS["i003"].upper(), "Unknown Film")
+    assert typed.history_ids == ("i003",) and typed.history_texts == (TEXTS["i003"], "Unknown Film")
     with pytest.raises(ValueError, match="unknown user"):
         recommend.request_from_args(data, TEXTS, user="nobody", history=None)
+
+
+def test_typed_titles_become_id_tokens_when_the_model_reads_id_tokens():
+    data = _data()
+    id_texts = {i: f"<item_{i}>" for i in TEXTS}
+    typed = recommend.request_from_args(data, id_texts, user=None, history=f"{TEXTS['i004']};  unknown")
+    assert typed.history_ids == ("i004",) and typed.history_texts == ("<item_i004>", "unknown")
+    ranked = [recommend.Recommendation(1, "i004", "<item_i004>", -0.5, -0.5)]
+    table = recommend.format_table(ranked, {"i004": TEXTS["i004"]})
+    assert table.splitlines()[-1] == f"| 1 | i004 | <item_i004> | -0.5000 | -0.5000 | {TEXTS['i004']} |"
 
 
 def test_candidate_sources():
