@@ -85,7 +85,9 @@ def write_plot(table: Table, path: str | os.PathLike, *, title: str = "",
             ys = [table[s].get(method, {}).get(metric, 0.0) for s in scenarios]
             ax.bar(xs, ys, width, label=METHOD_LABELS.get(method, method))
         ax.set_xticks(range(len(scenarios)))
-        ax.set_xticklabels([SCENARIO_LABELS.get(s, s).split(" ⟨")[0] for s in scenarios], rotation=20, ha="right")
+        # The instruction type in plain brackets (the plot font may lack ⟨⟩): three scenarios are "personalised".
+        ax.set_xticklabels([SCENARIO_LABELS.get(s, s).replace(" ⟨", "\n(").replace("⟩", ")") for s in scenarios],
+                           rotation=20, ha="right")
         ax.set_ylim(0, 1)
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
