@@ -83,3 +83,16 @@ class KnownScoreModel:
     def score_batch(self, params, batch):
         return self.score_encoded(params, None, batch["encoder_input_tokens"], None,
                                   batch["decoder_target_tokens"])
+
+
+def write_model_gin(config, path):
+    """A gin model file binding MODEL to an EncoderDecoderModel with exactly `config`'s fields."""
+    fields = "\n".join(f"  {k} = {v!r}" for k, v in vars(config).items())
+    path.write_text(
+        "from __gin__ import dynamic_registration\n"
+        "from instructrec_jax.model import config\n"
+        "from instructrec_jax.model import encoder_decoder\n"
+        "MODEL = @encoder_decoder.EncoderDecoderModel()\n"
+        "encoder_decoder.EncoderDecoderModel.config = @config.T5Config()\n"
+        f"config.T5Config:\n{fields}\n", encoding="utf-8")
+    return path

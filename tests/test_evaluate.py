@@ -203,19 +203,11 @@ def test_registered_tasks_name_the_dataset_and_feed_inference(prepared):
 def _tiny_model_gin(tmp_path):
     """A model gin file and an HF checkpoint of the tiny ranking test model."""
     from instructrec_jax.checkpoints.hf import save_hf_checkpoint
-    from ranking_fixtures import tiny_model_and_params
+    from ranking_fixtures import tiny_model_and_params, write_model_gin
 
     model, params = tiny_model_and_params()
     save_hf_checkpoint(model.config, params, tmp_path / "hf")
-    fields = "\n".join(f"  {k} = {v!r}" for k, v in vars(model.config).items())
-    (tmp_path / "tiny.gin").write_text(
-        "from __gin__ import dynamic_registration\n"
-        "from instructrec_jax.model import config\n"
-        "from instructrec_jax.model import encoder_decoder\n"
-        "MODEL = @encoder_decoder.EncoderDecoderModel()\n"
-        "encoder_decoder.EncoderDecoderModel.config = @config.T5Config()\n"
-        f"config.T5Config:\n{fields}\n", encoding="utf-8")
-    return tmp_path / "tiny.gin"
+    return write_model_gin(model.config, tmp_path / "tiny.gin")
 
 
 def _evaluate_tiny(prepared, tmp_path, *flags):

@@ -13,7 +13,7 @@ import pytest
 
 from instructrec_jax import infer, ranking
 from instructrec_jax.data.types import DataFormatError
-from ranking_fixtures import CharTokenizer, tiny_model_and_params
+from ranking_fixtures import write_model_gin, CharTokenizer, tiny_model_and_params
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 400  # 300 SentencePiece pieces + 100 sentinels
@@ -92,14 +92,7 @@ def checkpoint_setup(tmp_path_factory):
     config = model.config
     assert config.vocab_size >= VOCAB_SIZE
     save_hf_checkpoint(config, params, root / "hf")
-    fields = "\n".join(f"  {k} = {v!r}" for k, v in vars(config).items())
-    (root / "tiny.gin").write_text(
-        "from __gin__ import dynamic_registration\n"
-        "from instructrec_jax.model import config\n"
-        "from instructrec_jax.model import encoder_decoder\n"
-        "MODEL = @encoder_decoder.EncoderDecoderModel()\n"
-        "encoder_decoder.EncoderDecoderModel.config = @config.T5Config()\n"
-        f"config.T5Config:\n{fields}\n", encoding="utf-8")
+    write_model_gin(config, root / "tiny.gin")
     rows = [{"inputs": f"The user watched film {k}; recommend a comedy", "id": f"q{k:03d}"} for k in range(120)]
     _write_jsonl(root / "requests.jsonl", rows)
     return root, model, load_vocabulary(root / "spiece.model")
