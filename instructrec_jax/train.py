@@ -134,7 +134,10 @@ def train(
     else:
         state = _initial_state(model, optimizer, partitioner, init_rng, init_shapes,
                                state_shardings, abstract_state, checkpoint_cfg)
-        if param_initializers and not checkpoint_cfg.initial_checkpoint_path:
+        if param_initializers and checkpoint_cfg.initial_checkpoint_path:
+            log.warning("param_initializers are not applied: the run starts from the initial "
+                        "checkpoint %s", checkpoint_cfg.initial_checkpoint_path)
+        elif param_initializers:
             if jax.process_count() > 1:
                 raise ValueError("param_initializers pass the parameters through one host's memory; "
                                  "run them in a single process and start from that checkpoint")
