@@ -110,6 +110,9 @@ def test_initial_checkpoint_from_an_hf_dir_continues_from_its_exact_weights(sing
     assert "initial weights from hf checkpoint" in result["stdout"]
     assert result["step"] == 2  # HF dirs carry no step: 0 + TRAIN_STEPS
     assert result["identical"]  # learning rate 0: the saved parameters are the HF weights
+    # The configured param_initializers were skipped, and the log says so.
+    assert result["initializer_calls"] == 0
+    assert "param_initializers are not applied" in result["stdout"] + result["stderr"]
 
 
 def test_param_initializers_run_once_at_step_zero_and_not_on_resume(single):

@@ -201,9 +201,14 @@ def single_group(work: Path) -> dict:
             jax.device_get(model.init_params(jax.random.PRNGKey(7), None)))
         params = _unboxed(params)
         hf.save_hf_checkpoint(model.config, params, work / "hf")
+        # With an initializer configured too: the initial checkpoint wins, with a warning.
+        record = work / "hf_initial_init_calls.txt"
+        (work / "hf_initial_gin").mkdir(exist_ok=True)
         out = _cli(fx.train_command(gin_file, work / "from_hf", steps=2)[3:] + [
+            f"--gin_file={fx.param_init_gin(work / 'hf_initial_gin', 0.125, record)}",
             "--gin.LEARNING_RATE=0.0", "--gin.EVAL_PERIOD=0",
             f'--gin.INITIAL_CHECKPOINT_PATH="{work / "hf"}"'])
+        out["initializer_calls"] = record.read_text(encoding="utf-8").count("ran") if record.exists() else 0
         trained = manager.load_weights(str(work / "from_hf"), _abstract_params())
         original = _values(params)
         after = _values(trained.params)
