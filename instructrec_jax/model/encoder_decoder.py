@@ -61,7 +61,8 @@ class EncoderDecoderModel:
                      "encoder_positions", "decoder_positions")
 
     def __init__(self, config: T5Config, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-                 loss_normalizing_factor: losses.LossNormalizingFactor = None):
+                 loss_normalizing_factor: losses.LossNormalizingFactor = None,
+                 in_input_loss_weight: float = 0.0):
         if isinstance(loss_normalizing_factor, str):
             if loss_normalizing_factor.upper() not in losses.SPECIAL_FACTORS:
                 raise ValueError(f"EncoderDecoderModel: loss_normalizing_factor "
@@ -71,6 +72,10 @@ class EncoderDecoderModel:
         self.z_loss = float(z_loss)
         self.label_smoothing = float(label_smoothing)
         self.loss_normalizing_factor = loss_normalizing_factor
+        if in_input_loss_weight < 0:
+            raise ValueError(f"EncoderDecoderModel: in_input_loss_weight must be >= 0, got "
+                             f"{in_input_loss_weight}")
+        self.in_input_loss_weight = float(in_input_loss_weight)
         self.module = Transformer(config)
         self._predict_fns: dict[tuple, Any] = {}
         # Compiled once per model and input shapes; inside a caller's jit they are simply inlined.
@@ -83,7 +88,8 @@ class EncoderDecoderModel:
     def __repr__(self) -> str:
         return (f"EncoderDecoderModel({self.config}, z_loss={self.z_loss}, "
                 f"label_smoothing={self.label_smoothing}, "
-                f"loss_normalizing_factor={self.loss_normalizing_factor!r})")
+                f"loss_normalizing_factor={self.loss_normalizing_factor!r}, "
+                f"in_input_loss_weight={self.in_input_loss_weight})")
 
     @property
     def num_params(self) -> int:
@@ -127,20 +133,35 @@ class EncoderDecoderModel:
 
     def loss_fn(self, params: Any, batch: Batch, dropout_rng: Array | None
                 ) -> tuple[Array, dict[str, Array]]:
-        """(loss, metrics): T5X's weighted cross-entropy + z-loss, normalised as configured.
+        """(loss, metrics): T5X's weighted cross-entropy + z-loss, normalised as configured, plus
+        `in_input_loss_weight` times the in-input cross-entropy (losses.in_input_cross_entropy,
+        same weights and normalisation) when that weight is positive.
 
-        metrics: loss, z_loss, cross_ent_loss (= loss - z_loss), accuracy (weighted, of the argmax),
-        num_tokens (target tokens with weight > 0), weight_sum, num_examples (sequences; each packed
-        segment counts once). All float32 scalars.
+        metrics: loss, z_loss, cross_ent_loss (the full-vocabulary cross-entropy, without z-loss),
+        accuracy (weighted, of the argmax), num_tokens (target tokens with weight > 0), weight_sum,
+        num_examples (sequences; each packed segment counts once), and in_input_loss when used.
+        All float32 scalars.
         """
         batch = _features(batch, self.FEATURE_NAMES)
         logits = self.logits(params, batch, dropout_rng)
         factor, weights = losses.loss_normalizing_factor_and_weights(self.loss_normalizing_factor,
                                                                      batch)
+        targets = batch["decoder_target_tokens"]
         loss, z_loss, _ = losses.weighted_cross_entropy(
-            logits, batch["decoder_target_tokens"], weights, label_smoothing=self.label_smoothing,
+            logits, targets, weights, label_smoothing=self.label_smoothing,
             z_loss=self.z_loss, loss_normalizing_factor=factor)
-        return loss, self._metrics(logits, batch, loss, z_loss)
+        metrics = self._metrics(logits, batch, loss, z_loss)
+        if self.in_input_loss_weight:
+            token_loss, member = losses.in_input_cross_entropy(
+                logits, targets, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
+                batch.get("decoder_segment_ids"))
+            token_weights = (targets > 0) if weights is None else weights
+            in_input = jnp.sum(token_loss * token_weights.astype(jnp.float32) * member)
+            if factor is not None:
+                in_input = in_input / factor
+            loss = loss + self.in_input_loss_weight * in_input
+            metrics.update(loss=loss, in_input_loss=in_input)
+        return loss, metrics
 
     @staticmethod
     def _metrics(logits: Array, batch: Batch, loss: Array, z_loss: Array) -> dict[str, Array]:

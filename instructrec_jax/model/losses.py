@@ -12,6 +12,11 @@ where H(q) (the entropy of q) makes the minimum loss 0. Token losses are multipl
     'AVERAGE_PER_SEQUENCE'    weights divided by their sum within each sequence (each packed
                               segment counts as a sequence), then divided by the number of
                               sequences: the mean over sequences of the per-sequence mean loss
+
+`in_input_cross_entropy` is an optional second term (not in T5X) for reranking-style instructions,
+whose answer is one of the items listed in the input: the cross-entropy of the target over a
+softmax restricted to the distinct tokens of its own example's input. It trains exactly the
+comparison that likelihood ranking of the listed candidates makes.
 """
 
 from __future__ import annotations
@@ -70,6 +75,42 @@ def weighted_cross_entropy(logits: Array, targets: Array, weights: Array | None 
     if loss_normalizing_factor is not None:
         total, total_z = total / loss_normalizing_factor, total_z / loss_normalizing_factor
     return total, total_z, weight_sum
+
+
+def in_input_cross_entropy(logits: Array, targets: Array, inputs: Array,
+                           input_segment_ids: Array | None = None,
+                           target_segment_ids: Array | None = None) -> tuple[Array, Array]:
+    """(cross-entropy, member) per target token [b, t]: -log of the target's probability under a
+    softmax over the distinct non-padding tokens of the same example's input (the same packed
+    segment when segment ids are given); member is whether the target is one of those tokens.
+    Tokens whose target is not in its input get a cross-entropy of 0 (weight them by `member`).
+
+    Computed on the [b, t, input length] logits of the input tokens (duplicates counted once),
+    never on a [b, vocab] mask, so packed rows cost no more than unpacked ones.
+    """
+    logits = logits.astype(jnp.float32)
+    inputs = inputs.astype(jnp.int32)
+    targets = targets.astype(jnp.int32)
+    if input_segment_ids is None:
+        input_segment_ids = (inputs > 0).astype(jnp.int32)
+        target_segment_ids = (targets > 0).astype(jnp.int32)
+    elif target_segment_ids is None:
+        raise ValueError("in_input_cross_entropy: packed inputs need target_segment_ids too")
+    length = inputs.shape[1]
+    valid = (inputs > 0) & (input_segment_ids > 0)
+    same = ((inputs[:, :, None] == inputs[:, None, :])
+            & (input_segment_ids[:, :, None] == input_segment_ids[:, None, :]))
+    earlier = jnp.tril(jnp.ones((length, length), bool), k=-1)  # [l, l']: l' < l
+    first = valid & ~jnp.any(same & earlier[None], axis=-1)  # first occurrence in its segment
+    member_of = first[:, None, :] & (input_segment_ids[:, None, :] == target_segment_ids[:, :, None])
+    input_logits = jnp.take_along_axis(
+        logits, jnp.broadcast_to(inputs[:, None, :], member_of.shape), axis=-1)  # [b, t, l]
+    # A large finite mask, not -inf: an empty set must not give NaN gradients.
+    log_z = jax.nn.logsumexp(jnp.where(member_of, input_logits, -1e9), axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    member = jnp.any(member_of & (inputs[:, None, :] == targets[:, :, None]), axis=-1)
+    member = member & (targets > 0)
+    return jnp.where(member, log_z - target_logit, 0.0), member
 
 
 def _per_segment_weight_sums(weights: Array, segment_ids: Array) -> Array:
