@@ -15,8 +15,9 @@ where H(q) (the entropy of q) makes the minimum loss 0. Token losses are multipl
 
 `in_input_cross_entropy` is an optional second term (not in T5X) for reranking-style instructions,
 whose answer is one of the items listed in the input: the cross-entropy of the target over a
-softmax restricted to the distinct tokens of its own example's input. It trains exactly the
-comparison that likelihood ranking of the listed candidates makes.
+softmax restricted to the distinct tokens of its own example's input (the listed candidates,
+and also the history items and template words, which are easy negatives). It trains the
+comparison that likelihood ranking of the listed candidates makes; BENCHMARKS.md has its ablation.
 """
 
 from __future__ import annotations
