@@ -52,6 +52,29 @@ def test_experiment_gin_files_name_the_demo_dataset():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("ml100k_demo.gin", "ml100k_demo_eval.gin", "ml100k_long.gin"):
+    for name in ("ml100k_demo.gin", "ml100k_demo_eval.gin", "ml100k_long.gin",
+                 "ml100k_long_sequential.gin"):
         text = (root / "gin" / "experiments" / name).read_text(encoding="utf-8")
         assert f"DATASET = '{demo.DATASET_FOLDER}'" in text, name
+
+
+def test_long_sequential_gin_is_the_measured_recipe():
+    """gin/experiments/ml100k_long_sequential.gin = the demo model, single task, linear decay."""
+    import gin
+
+    from instructrec_jax import gin_flags
+
+    flags, _ = gin_flags.parse_gin_flags(
+        ["--gin_file=gin/experiments/ml100k_long_sequential.gin"])
+    gin.clear_config()
+    try:
+        gin_flags.configure_gin(flags, finalize=False)
+        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "instructrec_ml100kdemo_p1_i0_t3"
+        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant * linear_decay"
+        assert gin.query_parameter("%WARMUP_STEPS") == 0
+        assert gin.query_parameter("%TRAIN_STEPS") == 6000
+        assert gin.query_parameter("%BATCH_SIZE") == 32
+        assert gin.query_parameter("%LEARNING_RATE") == 0.003
+        assert gin.query_parameter("%DATASET") == demo.DATASET_FOLDER
+    finally:
+        gin.clear_config()
