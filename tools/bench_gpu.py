@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,14 +30,29 @@ import bench_train  # noqa: E402  (the shared batches and FLOP count)
 
 def _peak(matmul, n, repeats=10) -> float:
     matmul()
-    best = min(_timed(matmul) for _ in range(repeats))
+    best = min(bench_train.timed(matmul) for _ in range(repeats))
     return 2 * n ** 3 / best
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _jax_peak(n: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.bfloat16)
+    mm = jax.jit(lambda x: x @ x)
+    return _peak(lambda: mm(a).block_until_ready(), n)
+
+
+def _torch_peak(n: int) -> float:
+    import torch
+
+    a = torch.ones((n, n), dtype=torch.bfloat16, device="cuda")
+
+    def mm():
+        a @ a
+        torch.cuda.synchronize()
+
+    return _peak(mm, n)
 
 
 def jax_worker(args) -> dict:
@@ -50,10 +64,7 @@ def jax_worker(args) -> dict:
     from instructrec_jax.model.config import preset_config
     from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 
-    a = jnp.ones((args.peak_n, args.peak_n), jnp.bfloat16)
-    mm = jax.jit(lambda x: x @ x)
-    peak = _peak(lambda: mm(a).block_until_ready(), args.peak_n)
-    del a
+    peak = _jax_peak(args.peak_n)  # its operand is freed before the model's memory is counted
     config = preset_config(args.model, vocab_size=args.vocab, dropout_rate=0.1, dtype="bfloat16",
                            remat_policy=args.remat)
     model = EncoderDecoderModel(config)
@@ -65,18 +76,14 @@ def jax_worker(args) -> dict:
     batch = {k: jnp.asarray(v) for k, v in
              bench_train.unpacked_batch(examples, inputs_length, targets_length).items()}
     step = jax.jit(train_state.make_train_step(model.loss_fn, optimizer), donate_argnums=(0,))
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
+    def one_step():
+        nonlocal state
         state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+        return jax.block_until_ready(metrics)
+
+    compile_s, times, metrics = bench_train.time_steps(one_step, args.steps)
     stats = jax.devices()[0].memory_stats() or {}
-    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+    real = bench_train.real_tokens(batch)
     return _result("jax", args, times, real, peak, compile_s=compile_s,
                    peak_device_gib=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
                    device=str(jax.devices()[0].device_kind), loss=float(metrics["loss"]))
@@ -87,14 +94,7 @@ def torch_worker(args) -> dict:
     import transformers
     from transformers.optimization import Adafactor
 
-    a = torch.ones((args.peak_n, args.peak_n), dtype=torch.bfloat16, device="cuda")
-
-    def mm():
-        a @ a
-        torch.cuda.synchronize()
-
-    peak = _peak(mm, args.peak_n)
-    del a
+    peak = _torch_peak(args.peak_n)
     torch.manual_seed(0)
     d, ff, heads, d_kv, enc, dec = bench_train.SIZES[args.model]
     config = transformers.T5Config(
@@ -126,15 +126,8 @@ def torch_worker(args) -> dict:
         torch.cuda.synchronize()
         return float(out.loss)
 
-    start = time.perf_counter()
-    loss = one_step()
-    first_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = one_step()
-        times.append(time.perf_counter() - start)
-    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+    first_s, times, loss = bench_train.time_steps(one_step, args.steps)
+    real = bench_train.real_tokens(batch)
     return _result("torch", args, times, real, peak, compile_s=first_s,
                    peak_device_gib=torch.cuda.max_memory_allocated() / 2**30,
                    device=torch.cuda.get_device_name(0), loss=loss)

@@ -182,17 +182,13 @@ def jax_worker(args) -> dict:
         out_shardings=(layout.shardings, partitioner.replicated),
         donate_argnums=(0,),
     )
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
+    def one_step():
+        nonlocal state
         state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+        return jax.block_until_ready(metrics)
+
+    compile_s, times, metrics = time_steps(one_step, args.steps)
+    real = real_tokens(batch)
     return _result("jax", args, times, rows, real, peak, compile_s=compile_s,
                    loss=float(metrics["loss"]))
 
@@ -241,16 +237,27 @@ def torch_worker(args) -> dict:
         optimizer.step()
         return float(out.loss)
 
+    first_s, times, loss = time_steps(one_step, args.steps)
+    real = real_tokens(batch)
+    return _result("torch", args, times, args.batch, real, peak, compile_s=first_s, loss=loss)
+
+
+def time_steps(one_step, steps: int):
+    """(seconds of the first call, seconds of each of `steps` further calls, the last result)."""
     start = time.perf_counter()
-    loss = one_step()
+    result = one_step()
     first_s = time.perf_counter() - start
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         start = time.perf_counter()
-        loss = one_step()
+        result = one_step()
         times.append(time.perf_counter() - start)
-    real = int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
-    return _result("torch", args, times, args.batch, real, peak, compile_s=first_s, loss=loss)
+    return first_s, times, result
+
+
+def real_tokens(batch) -> int:
+    """Non-padding input and target tokens of a batch."""
+    return int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
 
 
 def _result(framework, args, times, rows, real_tokens, peak, **extra) -> dict:
@@ -276,7 +283,7 @@ def matmul_peak_jax(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
-    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    best = min(timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * n ** 3 / best
 
 
@@ -285,11 +292,11 @@ def matmul_peak_torch(dtype, n: int = 2048, repeats: int = 5) -> float:
 
     a = torch.ones((n, n), dtype=dtype)
     a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    best = min(timed(lambda: a @ a) for _ in range(repeats))
     return 2 * n ** 3 / best
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
