@@ -41,3 +41,29 @@ def test_missing_trace_is_a_clear_error(tmp_path):
 def test_without_train_arguments_it_prints_usage(capsys):
     assert profile_step.main(["--steps", "2"]) == 2
     assert "python tools/profile_step.py" in capsys.readouterr().err
+
+
+def test_a_run_shorter_than_the_window_reports_it_and_closes_the_trace(monkeypatch, tmp_path, capsys):
+    from instructrec_jax import train as train_lib
+
+    # Drive the real wrapper: a "trainer" that jits a function named train_step and calls it twice.
+    from instructrec_jax import partitioning
+
+    def train_step(x):
+        return x + 1
+
+    def short_run(argv):
+        partitioner = partitioning.Partitioner()
+        step = partitioner.jit(train_step, in_shardings=(partitioner.replicated,),
+                               out_shardings=partitioner.replicated)
+        for _ in range(2):
+            step(jnp.ones(3))
+        return 0
+
+    monkeypatch.setattr(train_lib, "main", short_run)
+    code = profile_step.main(["--skip", "1", "--steps", "5", "--trace-dir", str(tmp_path), "--", "x"])
+    assert code == 1
+    assert "made 2 steps" in capsys.readouterr().err
+    # The profiler was stopped: a new trace can start.
+    jax.profiler.start_trace(str(tmp_path / "again"))
+    jax.profiler.stop_trace()

@@ -91,6 +91,8 @@ def main(argv=None) -> int:
         code = train_lib.main(train_args)
     finally:
         partitioning.Partitioner.jit = original_jit
+        if args.skip < calls["train_step"] < args.skip + args.steps:
+            jax.profiler.stop_trace()  # the run ended inside the traced window
     if code:
         return code
     if calls["train_step"] < args.skip + args.steps:
