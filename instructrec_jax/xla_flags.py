@@ -36,7 +36,7 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
         return []
     current = environ.get("XLA_FLAGS", "")
     added = [f"--{name}={value}" for name, value in CPU_DEFAULTS.items()
-             if f"--{name}=" not in current and f"--{name} " not in current + " "]
+             if f"--{name}=" not in current]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
