@@ -191,7 +191,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             types: Sequence[str] | None = None, templates_per_example: int | str = 1,
             max_train_examples_per_type: int | None = None, train_negatives: int = 9,
             context: str | None = None, neg99: str = "scenarios",
-            max_eval_examples: int | None = None, workers: int = 1,
+            max_eval_examples: int | None = None, train_passes: int = 1, workers: int = 1,
             vocab_size: int = DEFAULT_VOCAB_SIZE,
             vocabulary: str | os.PathLike | None = None, overwrite: bool = False,
             reader_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
@@ -211,7 +211,8 @@ def prepare(source: str, path: str | os.PathLike | None = None,
         seed=config.seed, types=None if types is None else tuple(types), renderer=item_renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=train_negatives,
-        context=context, neg99=neg99, max_eval_examples=max_eval_examples)
+        context=context, neg99=neg99, max_eval_examples=max_eval_examples,
+        train_passes=train_passes)
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
     started = time.perf_counter()
 
@@ -249,6 +250,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
                        "max_train_examples_per_type": options.max_train_examples_per_type,
                        "train_negatives": options.negatives, "neg99": options.neg99,
                        "max_eval_examples": options.max_eval_examples,
+                       "train_passes": options.train_passes,
                        "context": context if isinstance(context, str) or context is None
                        else "custom"},
             renderer=item_renderer.as_dict(), item_texts=storage.ITEM_TEXTS,
@@ -321,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-eval-examples", type=int, default=None,
                         help="cap on validation/test examples per split (a seeded sample of "
                              "users shared by every type; default: all)")
+    parser.add_argument("--train-passes", type=int, default=1,
+                        help="visit the training examples this many times, each pass with fresh "
+                             "templates, negatives and order (for runs of several epochs)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes generating and writing types in parallel (same output)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
@@ -345,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 max_train_examples_per_type=args.max_train_examples_per_type,
                 train_negatives=args.train_negatives,
                 context=None if args.context == "none" else args.context, neg99=args.neg99,
-                max_eval_examples=args.max_eval_examples, workers=args.workers,
+                max_eval_examples=args.max_eval_examples, train_passes=args.train_passes,
+                workers=args.workers,
                 vocab_size=args.vocab_size, vocabulary=args.vocabulary, overwrite=args.overwrite)
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"instructrec prepare: error: {err}", file=sys.stderr)

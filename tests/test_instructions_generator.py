@@ -306,3 +306,42 @@ def test_eval_cap_keeps_the_same_users_for_every_type(data):
     assert len(users["p1_i0_t3"]) == 7
     assert users["p1_i0_t3"] == users["p1_i1_t3"] == users["p1_i0_t2"]
     assert len(out["p1_i0_t3"]["train"]) == len(data.train)  # training is not capped
+
+
+def test_train_passes_draw_fresh_negatives_and_templates_and_leave_pass_zero_alone(data):
+    types = ["p1_i0_t3", "p1_i0_t0"]
+    one = generate_instructions(data, types=types, seed=0)
+    three = generate_instructions(data, types=types, seed=0, train_passes=3)
+    for name in types:
+        base, train = one[name]["train"], three[name]["train"]
+        assert len(train) == 3 * len(base)
+        assert train[:len(base)] == base  # pass 0 is the single-pass data, record for record
+        for split in ("validation", "test"):  # evaluation records (if any) are untouched
+            assert three[name].get(split) == one[name].get(split)
+        by_pass = [train[k * len(base):(k + 1) * len(base)] for k in range(3)]
+        for k in (1, 2):
+            assert all(r.example_id.endswith(f"/pass{k}") for r in by_pass[k])
+            # The same examples (user, position) in another order ...
+            keys = sorted(r.example_id.split("/")[2:4] for r in by_pass[k])
+            assert keys == sorted(r.example_id.split("/")[2:4] for r in base)
+            assert [r.example_id.split("/")[2:4] for r in by_pass[k]] != \
+                [r.example_id.split("/")[2:4] for r in base]
+        ids = [r.example_id for r in train]
+        assert len(ids) == len(set(ids))
+    # ... with their own candidate lists: most reranking records of a later pass list other items.
+    base = {tuple(r.example_id.split("/")[2:4]): r for r in one["p1_i0_t3"]["train"]}
+    later = [r for r in three["p1_i0_t3"]["train"] if r.example_id.endswith("/pass1")]
+    changed = sum(set(r.candidates) != set(base[tuple(r.example_id.split("/")[2:4])].candidates)
+                  for r in later)
+    assert changed > 0.9 * len(later)
+    sequences = _sequences(data)
+    for r in later:  # still negatives the user never touched in training, and the true item
+        train_part = set(sequences[r.user_id].item_ids[:-2])
+        negatives = [c for i, c in enumerate(r.candidates) if i != r.label_index]
+        assert r.candidates[r.label_index] == r.target_item
+        assert not train_part & set(negatives)
+
+
+def test_train_passes_must_be_positive(data):
+    with pytest.raises(ValueError, match="train_passes"):
+        GeneratorOptions(train_passes=0)

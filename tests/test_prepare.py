@@ -115,9 +115,14 @@ def test_cli_with_options(ml_dir, tmp_path, capsys):
     code = prepare_module.main([
         "--source", "ml-100k", "--path", str(ml_dir), "--out-dir", str(tmp_path), "--name", "cli",
         "--types", "p1_i0_t3,p1_i1_t3", "--renderer", "id_token", "--negatives", "9",
-        "--templates-per-example", "all", "--vocab-size", "1000", "--seed", "3"])
+        "--templates-per-example", "all", "--vocab-size", "1000", "--seed", "3",
+        "--train-passes", "2"])
     assert code == 0
     manifest = storage.read_manifest(tmp_path / "cli")
+    assert manifest["generator"]["train_passes"] == 2
+    train_ids = [r.example_id for r in storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "train")]
+    assert len(train_ids) == manifest["instructions"]["p1_i0_t3"]["train"]["num_examples"]
+    assert 2 * sum(i.endswith("/pass1") for i in train_ids) == len(train_ids) > 0
     assert set(manifest["instructions"]) == {"p1_i0_t3", "p1_i1_t3"}
     assert manifest["preprocess"]["negatives"] == [9] and manifest["preprocess"]["seed"] == 3
     record = next(storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "test"))

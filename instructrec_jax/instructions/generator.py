@@ -61,6 +61,8 @@ class GeneratorOptions:
     neg99: with types=None, which `_neg99` types to add where the data has 99-negative sets:
     'scenarios' (the five paper scenarios), 'all' (every evaluated reranking type) or 'none'.
     Each lists 100 candidates per record, so they are large on big datasets.
+    train_passes: how many times the training examples are visited (see the module docstring);
+    pass 0 is exactly the records of `train_passes=1`.
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
@@ -77,6 +79,7 @@ class GeneratorOptions:
     context: str | ContextFn | None = None
     neg99: str = "scenarios"
     max_eval_examples: int | None = None
+    train_passes: int = 1
 
     def __post_init__(self):
         k = self.templates_per_example
@@ -85,6 +88,8 @@ class GeneratorOptions:
         for name in ("max_train_examples_per_type", "max_eval_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if not isinstance(self.train_passes, int) or self.train_passes < 1:
+            raise ValueError(f"train_passes must be a positive int, got {self.train_passes!r}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
         if self.neg99 not in ("scenarios", "all", "none"):
@@ -211,6 +216,7 @@ class _TypeBuilder:
         search = itype.source is ExampleSource.SEARCH
         self.pool = catalogue.search_pool if search else catalogue.pool
         self._yes_next: dict[str, bool] = {}
+        self.id_suffix = ""  # "/passk" while pass k > 0 of the training examples is generated
 
     # -- choices drawn per record ------------------------------------------------------------
     def _choose_templates(self) -> Sequence[Template]:
@@ -305,6 +311,7 @@ class _TypeBuilder:
         slots = TemplateSlots(**values)
         prefix = f"{self.context(ex)} " if self.context is not None else ""
         base_id = f"{self.split}/{self.name}/{ex.user_id}/{ex.position}"
+        suffix = self.id_suffix
         for template in self._choose_templates():
             inputs, targets = template.render(slots)
             if candidates and output is not Output.YES_NO:
@@ -321,7 +328,7 @@ class _TypeBuilder:
                 inputs=prefix + inputs, targets=targets, instruction_type=self.name,
                 template_id=template.template_id, user_id=ex.user_id, target_item=target_item,
                 candidates=candidates, candidate_targets=candidate_targets, label_index=label,
-                example_id=f"{base_id}/{template.template_id}")
+                example_id=f"{base_id}/{template.template_id}{suffix}")
 
     def _next_answer(self, user_id: str) -> bool:
         """T0 labels alternate per user from a random start: balanced yes/no."""
@@ -490,11 +497,19 @@ def iter_instructions(data, options: GeneratorOptions = GeneratorOptions()
                     range(len(examples)), limit)
                 examples = [examples[i] for i in sorted(chosen)]
             jobs = [_Job(data, name, split, catalogue, options, len(examples)) for name in active]
-            shuffle = f"{options.seed}|order|{source.value}" if split == "train" else None
-            for index, example in _visit_order(examples, shuffle):
-                shared = _Example(example, catalogue)
-                for job in jobs:
-                    yield from job.records(index, shared)
+            passes = options.train_passes if split == "train" else 1
+            for pass_index in range(passes):
+                shuffle = None
+                if split == "train":
+                    shuffle = f"{options.seed}|order|{source.value}"
+                    if pass_index:
+                        shuffle += f"|pass{pass_index}"
+                for job in jobs:  # the builders' generators run on: fresh draws in every pass
+                    job.builder.id_suffix = f"/pass{pass_index}" if pass_index else ""
+                for index, example in _visit_order(examples, shuffle):
+                    shared = _Example(example, catalogue)
+                    for job in jobs:
+                        yield from job.records(index, shared)
 
 
 def _smallest_negatives(data, itype: InstructionType, split: str) -> int:
@@ -523,7 +538,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           templates_per_example: int | str = 1,
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
                           context: str | ContextFn | None = None, neg99: str = "scenarios",
-                          max_eval_examples: int | None = None
+                          max_eval_examples: int | None = None, train_passes: int = 1
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -531,7 +546,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         renderer=ItemRenderer(renderer) if isinstance(renderer, str) else renderer,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
-        context=context, neg99=neg99, max_eval_examples=max_eval_examples)
+        context=context, neg99=neg99, max_eval_examples=max_eval_examples,
+        train_passes=train_passes)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
