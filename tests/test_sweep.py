@@ -1,0 +1,96 @@
+"""tools/sweep.py: its bundle is the SeqIO task's tokens, its scores are the evaluator's."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instructrec_jax import metrics
+from instructrec_jax import prepare as prepare_module
+from instructrec_jax.instructions import storage
+
+from fixture_files import write_ml100k
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import sweep  # noqa: E402
+
+
+def test_ranking_metrics_are_the_evaluators_with_pessimistic_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(300, 10)).astype(np.float64)  # many ties
+    labels = rng.integers(0, 10, size=300)
+    ours = sweep.ranking_metrics(scores, labels)
+    reference = metrics.evaluate_rankings(list(scores), list(labels), tie_rule="pessimistic").values
+    assert ours["HR@1"] == pytest.approx(reference["HR@1"], abs=1e-12)
+    assert ours["NDCG@5"] == pytest.approx(reference["NDCG@5"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    raw = write_ml100k(tmp_path_factory.mktemp("raw"), extra_users=40, extra_items=60)
+    out = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
+        from instructrec_jax.data.preprocess import PreprocessConfig
+
+        path = prepare_module.prepare("ml-100k", raw, out, name="sweep", renderer="id_token",
+                                      config=PreprocessConfig(negatives=(9,)),
+                                      types=["p1_i0_t3"], neg99="none", vocab_size=600,
+                                      max_train_examples_per_type=120, train_passes=2,
+                                      log=lambda _: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "bundle.npz"
+    sweep.main(["export", "--data-dir", str(prepared.parent), "--dataset", prepared.name,
+                "--vocab-size", "768", "--seeds", "0", "--lengths", "160/4", "--out", str(out)])
+    return np.load(out)
+
+
+def test_export_holds_the_tasks_tokens_and_both_passes(prepared, bundle):
+    from instructrec_jax import data_pipeline  # noqa: F401  (registers the tasks)
+    from instructrec_jax.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(prepared / "spiece.model")
+    train = list(storage.read_instructions(prepared, "p1_i0_t3", "train"))
+    assert len(bundle["train_inputs"]) == len(train) == 240
+    assert sorted(np.unique(bundle["train_pass"]).tolist()) == [0, 1]
+    first = [t for t in bundle["train_inputs"][0].tolist() if t]
+    assert first == list(vocab.encode(train[0].inputs)) + [1]  # tokens then EOS, 0-padded
+    test = list(storage.read_instructions(prepared, "p1_i0_t3", "test"))
+    labels = bundle["test_labels"]
+    assert labels.tolist() == [r.label_index for r in test]
+    true_ids = bundle["test_candidates"][np.arange(len(labels)), labels]
+    assert true_ids.tolist() == [vocab.encode(r.targets)[0] for r in test]
+    assert len(np.unique(bundle["test_template"])) == 3
+
+
+def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, bundle):
+    import jax
+    import jax.numpy as jnp
+
+    from instructrec_jax.ranking import CandidateScorer, ScoringConfig
+    from instructrec_jax.vocabulary import load_vocabulary
+
+    init = {k.split("/", 1)[1]: bundle[k] for k in bundle.files if k.startswith("init0/")}
+    params = jax.tree_util.tree_map(jnp.asarray, sweep._unflatten(init))
+    model = sweep._model({}, 768)
+    ours = sweep.candidate_scores(model, params, bundle["test_inputs"][:20],
+                                  bundle["test_candidates"][:20], batch=8)
+    records = list(storage.read_instructions(prepared, "p1_i0_t3", "test"))[:20]
+    scorer = CandidateScorer(model, params, load_vocabulary(prepared / "spiece.model"),
+                             ScoringConfig(max_input_length=160, max_target_length=4))
+    reference = np.array([s.log_likelihood for s in scorer.score_records(records)])
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+
+    result = sweep.run_config({"name": "t", "steps": 4, "batch": 8, "passes": 2, "dropout": 0.1},
+                              bundle, log=lambda _: None)
+    assert result["examples"] == 32 and result["distinct_training_records"] == 240
+    for key in ("HR@1", "NDCG@5", "HR@1_all_templates", "HR@1_likelihood"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["prior_weight"] in sweep.PRIOR_GRID
+    json.dumps(result)  # a JSON line

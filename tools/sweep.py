@@ -1,0 +1,293 @@
+"""Many short sequential-recommendation trainings from one exported bundle (issue 6, exploration).
+
+    # here (needs the data stack): tokenise a prepared dataset's sequential task once
+    python tools/sweep.py export --data-dir demo_output/prepared --dataset ml100kdemo3p \
+        --seeds 0,1,2 --out /tmp/bundle.npz
+    # anywhere JAX, flax, optax and gin run (e.g. a GPU machine without seqio or TensorFlow)
+    python tools/sweep.py run --bundle /tmp/bundle.npz --configs configs.json --out results.jsonl
+
+`tools/ablate.py` measures a row with the real commands (seqio pipeline, Orbax checkpoints, the
+evaluator); that costs minutes per run on this CPU. This tool trades fidelity for speed so that
+many levers can be screened: the same model (`EncoderDecoderModel`), loss, Adafactor, schedule and
+train step as the trainer, fed from arrays tokenised exactly as the SeqIO task does (inputs
+trimmed, EOS appended, padded), the initial parameters of the demo recipe (random, then the
+next-item PPMI item factors of `item_init`), and candidate scoring as the evaluator does it for
+one-token item targets: log p(item) + log p(EOS | item) + w · log popularity, w chosen on
+validation by NDCG@5 over every template, pessimistic ties, test reported for the template with
+the best validation NDCG@5 (as `ablate.py`'s table rows), for all templates and without the prior. What differs from the trainer: the
+data order (a seeded permutation per pass instead of SeqIO's shuffle buffer) and the random
+initialisation's seed derivation. Rows for BENCHMARKS.md come from `ablate.py`; this tool's
+numbers say which rows are worth that cost.
+
+A config is a JSON object; keys (defaults): name, seed (0), steps (6000), batch (32),
+lr (3e-3), schedule ('constant * linear_decay'), warmup (0), dropout (0.0), passes (1: the
+training records of the first pass only; k: the first k passes of `prepare --train-passes`),
+d_model/d_ff/num_heads/d_kv/num_encoder_layers/num_decoder_layers (the demo model's),
+logits_via_embedding (false), eval_every (0: only at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEMO_MODEL = {"d_model": 128, "d_ff": 512, "num_heads": 4, "d_kv": 32, "num_encoder_layers": 2,
+              "num_decoder_layers": 1}
+PRIOR_GRID = (0.0, -0.1, -0.25, -0.5, -0.75, -1.0, -1.5, -2.0)  # as ml100k_demo_eval.gin
+EOS = 1
+
+
+def _model(config: dict, vocab_size: int):
+    from instructrec_jax.model.config import T5Config
+    from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
+
+    shape = {k: config.get(k, v) for k, v in DEMO_MODEL.items()}
+    return EncoderDecoderModel(T5Config(
+        vocab_size=vocab_size, dropout_rate=config.get("dropout", 0.0), dtype="float32",
+        logits_via_embedding=config.get("logits_via_embedding", False), **shape), z_loss=1e-4)
+
+
+def _tokens(vocab, text: str, length: int) -> list[int]:
+    ids = list(vocab.encode(text))[: length - 1] + [EOS]  # seqio: trim, then EOS after the trim
+    return ids + [0] * (length - len(ids))
+
+
+# -- export ----------------------------------------------------------------------------------------
+def export(args) -> None:
+    import flax.linen as nn
+    import jax
+
+    from instructrec_jax.baselines.popularity import fit_popularity
+    from instructrec_jax.data.preprocess import load_prepared
+    from instructrec_jax.instructions import storage
+    from instructrec_jax.item_init import CooccurrenceItemInit
+    from instructrec_jax.ranking import popularity_log_prior
+    from instructrec_jax.vocabulary import load_vocabulary
+
+    path = os.path.join(args.data_dir, args.dataset)
+    manifest = storage.read_manifest(path)
+    vocab = load_vocabulary(os.path.join(path, manifest.get("vocabulary", "spiece.model")))
+    type_name = manifest["scenarios"][args.scenario]
+    li, lt = args.lengths
+    out = {}
+    train = list(storage.read_instructions(path, type_name, "train"))
+    out["train_inputs"] = np.array([_tokens(vocab, r.inputs, li) for r in train], np.int16)
+    out["train_targets"] = np.array([_tokens(vocab, r.targets, lt) for r in train], np.int16)
+    out["train_pass"] = np.array([int(r.example_id.rsplit("/pass", 1)[1]) if "/pass" in r.example_id
+                                  else 0 for r in train], np.int8)
+    data = load_prepared(path)
+    prior = popularity_log_prior(fit_popularity(data.train).counts, data.items)
+    for split in ("validation", "test"):
+        records = list(storage.read_instructions(path, type_name, split))
+        out[f"{split}_inputs"] = np.array([_tokens(vocab, r.inputs, li) for r in records], np.int16)
+        ids = []
+        for r in records:
+            row = [list(vocab.encode(t)) for t in r.candidate_targets]
+            if any(len(t) != 1 for t in row):
+                raise SystemExit(f"{r.example_id}: a candidate target is not one token; this tool "
+                                 "needs a dataset prepared with --renderer id_token")
+            ids.append([t[0] for t in row])
+        out[f"{split}_candidates"] = np.array(ids, np.int32)
+        out[f"{split}_labels"] = np.array([r.label_index for r in records], np.int32)
+        templates = sorted({r.template_id for r in records})
+        out[f"{split}_template"] = np.array([templates.index(r.template_id) for r in records],
+                                            np.int8)
+        out[f"{split}_prior"] = np.array([[prior[c] for c in r.candidates] for r in records],
+                                         np.float32)
+    vocab_size = int(args.vocab_size)
+    out["vocab_size"] = np.array(vocab_size)
+    for seed in args.seeds:
+        model = _model({}, vocab_size)
+        params = nn.unbox(model.init_params(jax.random.PRNGKey(seed), None))
+        params = CooccurrenceItemInit(dataset=path)(jax.device_get(params))
+        for key, value in _flatten(params).items():
+            out[f"init{seed}/{key}"] = np.asarray(value, np.float32)
+    tmp = args.out + ".tmp.npz"
+    np.savez_compressed(tmp, **out)
+    os.replace(tmp, args.out)
+    print(f"export: {len(train)} training records, "
+          f"{len(out['validation_labels'])}/{len(out['test_labels'])} validation/test, "
+          f"seeds {args.seeds} -> {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+# -- run -------------------------------------------------------------------------------------------
+def candidate_scores(model, params, enc: np.ndarray, cands: np.ndarray, batch: int = 64) -> np.ndarray:
+    """[N, C] log p(item) + log p(EOS | item) of one-token item candidates: the evaluator's
+    repeated-encoder path (`ranking._repeated_encoder_scores`), in fixed-size batches."""
+    import jax.numpy as jnp
+
+    from instructrec_jax.ranking import _repeated_encoder_scores
+
+    rows = len(enc)
+    pad = (-rows) % batch  # one compiled shape
+    enc = np.concatenate([enc, np.zeros((pad, enc.shape[1]), enc.dtype)])
+    cands = np.concatenate([cands, np.full((pad, cands.shape[1]), EOS, cands.dtype)])
+    targets = np.stack([cands, np.full_like(cands, EOS)], axis=-1)
+    out = [np.asarray(_repeated_encoder_scores(model, params, jnp.asarray(enc[i:i + batch], jnp.int32),
+                                               jnp.asarray(targets[i:i + batch], jnp.int32)))
+           for i in range(0, len(enc), batch)]
+    return np.concatenate(out)[:rows].astype(np.float64)
+
+
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """HR@1 and NDCG@5 with pessimistic ties (a tie with the true item ranks it lower)."""
+    true = scores[np.arange(len(labels)), labels]
+    rank = 1 + (scores > true[:, None]).sum(1) + (scores == true[:, None]).sum(1) - 1
+    ndcg = np.where(rank <= 5, 1.0 / np.log2(rank + 1), 0.0)
+    return {"HR@1": float(np.mean(rank == 1)), "NDCG@5": float(np.mean(ndcg))}
+
+
+def run_config(config: dict, bundle, log=print) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from instructrec_jax import optimizers, train_state
+
+    vocab_size = int(bundle["vocab_size"])
+    model = _model(config, vocab_size)
+    seed, steps, batch = config.get("seed", 0), config.get("steps", 6000), config.get("batch", 32)
+    init = {k.split("/", 1)[1]: bundle[k] for k in bundle.files if k.startswith(f"init{seed}/")}
+    if not init:
+        raise SystemExit(f"the bundle has no initial parameters for seed {seed}")
+    params = jax.tree_util.tree_map(jnp.asarray, _unflatten(init))
+    if config.get("logits_via_embedding"):
+        params["decoder"].pop("logits_dense", None)
+    schedule = optimizers.learning_rate_schedule(
+        config.get("schedule", "constant * linear_decay"), config.get("lr", 3e-3),
+        warmup_steps=config.get("warmup", 0), total_steps=steps)
+    optimizer = optimizers.adafactor(schedule)
+    state = train_state.init_train_state(params, optimizer)
+    step_fn = jax.jit(train_state.make_train_step(model.loss_fn, optimizer, dropout_seed=seed),
+                      donate_argnums=(0,))
+    keep = bundle["train_pass"] < config.get("passes", 1)
+    inputs, targets = bundle["train_inputs"][keep], bundle["train_targets"][keep]
+    passes = bundle["train_pass"][keep]
+    rng = np.random.default_rng(seed)
+    # Pass-major order, each pass permuted: with k passes exported the run reads pass 0, 1, ...
+    order = np.concatenate([rng.permutation(np.flatnonzero(passes == p)) for p in np.unique(passes)])
+    need = steps * batch
+    while len(order) < need:
+        order = np.concatenate([order, rng.permutation(len(inputs))])
+
+    def features(enc, tgt):
+        dec_in = np.zeros_like(tgt)
+        dec_in[:, 1:] = tgt[:, :-1]
+        return {"encoder_input_tokens": jnp.asarray(enc, jnp.int32),
+                "decoder_input_tokens": jnp.asarray(dec_in, jnp.int32),
+                "decoder_target_tokens": jnp.asarray(tgt, jnp.int32),
+                "decoder_loss_weights": jnp.asarray(tgt > 0, jnp.float32)}
+
+    def evaluate(params) -> dict:
+        scored = {}
+        for split in ("validation", "test"):
+            scored[split] = candidate_scores(model, params, bundle[f"{split}_inputs"],
+                                             bundle[f"{split}_candidates"])
+        valid = {w: ranking_metrics(scored["validation"] + w * bundle["validation_prior"],
+                                    bundle["validation_labels"])["NDCG@5"] for w in PRIOR_GRID}
+        best = min(valid, key=lambda w: (-valid[w], abs(w), w))
+        valid_scores = scored["validation"] + best * bundle["validation_prior"]
+        test_scores = scored["test"] + best * bundle["test_prior"]
+        # The template with the best validation NDCG@5 (ties: the first), as the table reports.
+        by_template = {t: ranking_metrics(valid_scores[bundle["validation_template"] == t],
+                                          bundle["validation_labels"][bundle["validation_template"] == t])
+                       for t in np.unique(bundle["validation_template"])}
+        template = min(by_template, key=lambda t: (-by_template[t]["NDCG@5"], t))
+        chosen = bundle["test_template"] == template
+        test = ranking_metrics(test_scores[chosen], bundle["test_labels"][chosen])
+        every = ranking_metrics(test_scores, bundle["test_labels"])
+        plain = ranking_metrics(scored["test"], bundle["test_labels"])
+        return {"prior_weight": best, "template": int(template), "HR@1": test["HR@1"],
+                "NDCG@5": test["NDCG@5"], "HR@1_all_templates": every["HR@1"],
+                "NDCG@5_all_templates": every["NDCG@5"], "HR@1_likelihood": plain["HR@1"],
+                "NDCG@5_likelihood": plain["NDCG@5"]}
+
+    start, curve, losses = time.perf_counter(), [], []
+    every = config.get("eval_every", 0)
+    for step in range(steps):
+        idx = order[step * batch:(step + 1) * batch]
+        state, metrics = step_fn(state, features(inputs[idx], targets[idx]))
+        if (step + 1) % 500 == 0:
+            losses.append((step + 1, float(metrics["loss"])))
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            curve.append({"step": step + 1, **evaluate(state.params)})
+            log(f"  {config.get('name')}: step {step + 1} {curve[-1]}")
+    train_s = time.perf_counter() - start
+    result = {"config": config, "train_s": round(train_s, 1), "examples": need,
+              "distinct_training_records": int(len(inputs)), **evaluate(state.params),
+              "curve": curve, "loss": losses, "device": str(jax.devices()[0].platform)}
+    return result
+
+
+def run(args) -> None:
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")  # float32 as on the CPU
+    bundle = np.load(args.bundle)
+    configs = json.loads(open(args.configs).read()) if os.path.exists(args.configs) \
+        else json.loads(args.configs)
+    for config in configs:
+        result = run_config(config, bundle)
+        line = json.dumps(result)
+        print(f"{config.get('name')}: HR@1 {result['HR@1']:.4f} NDCG@5 {result['NDCG@5']:.4f} "
+              f"(likelihood only {result['HR@1_likelihood']:.4f} / {result['NDCG@5_likelihood']:.4f}, "
+              f"w {result['prior_weight']}) in {result['train_s']} s", flush=True)
+        if args.out:
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--data-dir", required=True)
+    e.add_argument("--dataset", required=True, help="the prepared dataset's folder name")
+    e.add_argument("--scenario", default="sequential")
+    e.add_argument("--lengths", default="144/4", type=lambda v: tuple(int(x) for x in v.split("/")))
+    e.add_argument("--vocab-size", default=2176, type=int, help="NUM_EMBEDDINGS of the model")
+    e.add_argument("--seeds", default="0", type=lambda v: [int(x) for x in v.split(",")])
+    e.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--bundle", required=True)
+    r.add_argument("--configs", required=True, help="a JSON list of configs, or a file holding one")
+    r.add_argument("--out", help="JSON lines file the results are appended to")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        export(args)
+    else:
+        run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
