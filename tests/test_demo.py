@@ -59,7 +59,8 @@ def test_experiment_gin_files_name_the_demo_dataset():
 
 
 def test_long_sequential_gin_is_the_measured_recipe():
-    """gin/experiments/ml100k_long_sequential.gin = the demo model, single task, linear decay."""
+    """gin/experiments/ml100k_long_sequential.gin = the demo model, single task, linear decay from
+    1e-2 (the measured recipe)."""
     import gin
 
     from instructrec_jax import gin_flags
@@ -74,7 +75,7 @@ def test_long_sequential_gin_is_the_measured_recipe():
         assert gin.query_parameter("%WARMUP_STEPS") == 0
         assert gin.query_parameter("%TRAIN_STEPS") == 6000
         assert gin.query_parameter("%BATCH_SIZE") == 32
-        assert gin.query_parameter("%LEARNING_RATE") == 0.003
+        assert gin.query_parameter("%LEARNING_RATE") == 0.01
         assert gin.query_parameter("%DATASET") == demo.DATASET_FOLDER
     finally:
         gin.clear_config()
