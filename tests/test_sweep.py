@@ -47,7 +47,7 @@ def prepared(tmp_path_factory):
 def bundle(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "bundle.npz"
     sweep.main(["export", "--data-dir", str(prepared.parent), "--dataset", prepared.name,
-                "--vocab-size", "768", "--seeds", "0", "--lengths", "160/4", "--out", str(out)])
+                "--seeds", "0", "--lengths", "160/4", "--out", str(out)])
     return np.load(out)
 
 
@@ -67,6 +67,7 @@ def test_export_holds_the_tasks_tokens_and_both_passes(prepared, bundle):
     true_ids = bundle["test_candidates"][np.arange(len(labels)), labels]
     assert true_ids.tolist() == [vocab.encode(r.targets)[0] for r in test]
     assert len(np.unique(bundle["test_template"])) == 3
+    assert int(bundle["vocab_size"]) == 768  # 600 pieces + 100 sentinels, padded to 128
 
 
 def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, bundle):
@@ -94,3 +95,5 @@ def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, b
         assert 0.0 <= result[key] <= 1.0
     assert result["prior_weight"] in sweep.PRIOR_GRID
     json.dumps(result)  # a JSON line
+    with pytest.raises(SystemExit, match="shape"):
+        sweep.run_config({"name": "wide", "steps": 1, "d_model": 256}, bundle)

@@ -21,14 +21,16 @@ numbers say which rows are worth that cost.
 
 A config is a JSON object; keys (defaults): name, seed (0), steps (6000), batch (32),
 lr (3e-3), schedule ('constant * linear_decay'), warmup (0), dropout (0.0), passes (1: the
-training records of the first pass only; k: the first k passes of `prepare --train-passes`),
-d_model/d_ff/num_heads/d_kv/num_encoder_layers/num_decoder_layers (the demo model's),
-logits_via_embedding (false), eval_every (0: only at the end).
+training records of the first pass only; k: the first k passes of `prepare --train-passes`, read
+pass after pass, each permuted; runs longer than that go on with permutations of all of them),
+logits_via_embedding (false), eval_every (0: only at the end). The model is the demo's
+(`DEMO_MODEL`); other shapes would need initial parameters of their own and are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -102,7 +104,9 @@ def export(args) -> None:
                                             np.int8)
         out[f"{split}_prior"] = np.array([[prior[c] for c in r.candidates] for r in records],
                                          np.float32)
-    vocab_size = int(args.vocab_size)
+    # The model's embedding rows: the vocabulary with its sentinels, padded to a multiple of 128
+    # (how the experiment gin files set NUM_EMBEDDINGS), unless given.
+    vocab_size = int(args.vocab_size or -(-vocab.vocab_size // 128) * 128)
     out["vocab_size"] = np.array(vocab_size)
     for seed in args.seeds:
         model = _model({}, vocab_size)
@@ -174,6 +178,10 @@ def run_config(config: dict, bundle, log=print) -> dict:
     from instructrec_jax import optimizers, train_state
 
     vocab_size = int(bundle["vocab_size"])
+    reshaped = {k: config[k] for k in DEMO_MODEL if k in config and config[k] != DEMO_MODEL[k]}
+    if reshaped:
+        raise SystemExit(f"{config.get('name')}: the bundle's initial parameters have the demo "
+                         f"model's shape {DEMO_MODEL}; {reshaped} needs its own (not supported)")
     model = _model(config, vocab_size)
     seed, steps, batch = config.get("seed", 0), config.get("steps", 6000), config.get("batch", 32)
     init = {k.split("/", 1)[1]: bundle[k] for k in bundle.files if k.startswith(f"init{seed}/")}
@@ -253,8 +261,9 @@ def run(args) -> None:
 
     jax.config.update("jax_default_matmul_precision", "highest")  # float32 as on the CPU
     bundle = np.load(args.bundle)
-    configs = json.loads(open(args.configs).read()) if os.path.exists(args.configs) \
-        else json.loads(args.configs)
+    with contextlib.suppress(OSError):
+        args.configs = open(args.configs, encoding="utf-8").read()
+    configs = json.loads(args.configs)
     for config in configs:
         result = run_config(config, bundle)
         line = json.dumps(result)
@@ -274,7 +283,8 @@ def main(argv=None) -> int:
     e.add_argument("--dataset", required=True, help="the prepared dataset's folder name")
     e.add_argument("--scenario", default="sequential")
     e.add_argument("--lengths", default="144/4", type=lambda v: tuple(int(x) for x in v.split("/")))
-    e.add_argument("--vocab-size", default=2176, type=int, help="NUM_EMBEDDINGS of the model")
+    e.add_argument("--vocab-size", default=None, type=int,
+                   help="NUM_EMBEDDINGS of the model (default: the vocabulary padded to 128)")
     e.add_argument("--seeds", default="0", type=lambda v: [int(x) for x in v.split(",")])
     e.add_argument("--out", required=True)
     r = sub.add_parser("run")
