@@ -91,7 +91,8 @@ def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, b
     result = sweep.run_config({"name": "t", "steps": 4, "batch": 8, "passes": 2, "dropout": 0.1},
                               bundle, log=lambda _: None)
     assert result["examples"] == 32 and result["distinct_training_records"] == 240
-    for key in ("HR@1", "NDCG@5", "HR@1_all_templates", "HR@1_likelihood"):
+    for key in ("HR@1", "NDCG@5", "HR@1_all_templates", "HR@1_likelihood", "valid_HR@1",
+                "valid_NDCG@5"):
         assert 0.0 <= result[key] <= 1.0
     assert result["prior_weight"] in sweep.PRIOR_GRID
     json.dumps(result)  # a JSON line

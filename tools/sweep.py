@@ -14,7 +14,8 @@ trimmed, EOS appended, padded), the initial parameters of the demo recipe (rando
 next-item PPMI item factors of `item_init`), and candidate scoring as the evaluator does it for
 one-token item targets: log p(item) + log p(EOS | item) + w · log popularity, w chosen on
 validation by NDCG@5 over every template, pessimistic ties, test reported for the template with
-the best validation NDCG@5 (as `ablate.py`'s table rows), for all templates and without the prior. What differs from the trainer: the
+the best validation NDCG@5 (as `ablate.py`'s table rows), for all templates and without the prior;
+the validation figures (all templates, with the chosen weight) are the ones to choose levers by. What differs from the trainer: the
 data order (a seeded permutation per pass instead of SeqIO's shuffle buffer) and the random
 initialisation's seed derivation. Rows for BENCHMARKS.md come from `ablate.py`; this tool's
 numbers say which rows are worth that cost.
@@ -234,12 +235,14 @@ def run_config(config: dict, bundle, log=print) -> dict:
         test = ranking_metrics(test_scores[chosen], bundle["test_labels"][chosen])
         every = ranking_metrics(test_scores, bundle["test_labels"])
         plain = ranking_metrics(scored["test"], bundle["test_labels"])
-        return {"prior_weight": best, "template": int(template), "HR@1": test["HR@1"],
+        overall = ranking_metrics(valid_scores, bundle["validation_labels"])
+        return {"prior_weight": best, "template": int(template),
+                "valid_HR@1": overall["HR@1"], "valid_NDCG@5": overall["NDCG@5"], "HR@1": test["HR@1"],
                 "NDCG@5": test["NDCG@5"], "HR@1_all_templates": every["HR@1"],
                 "NDCG@5_all_templates": every["NDCG@5"], "HR@1_likelihood": plain["HR@1"],
                 "NDCG@5_likelihood": plain["NDCG@5"]}
 
-    start, curve, losses = time.perf_counter(), [], []
+    start, curve, losses, eval_s = time.perf_counter(), [], [], 0.0
     every = config.get("eval_every", 0)
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
@@ -247,9 +250,11 @@ def run_config(config: dict, bundle, log=print) -> dict:
         if (step + 1) % 500 == 0:
             losses.append((step + 1, float(metrics["loss"])))
         if every and (step + 1) % every == 0 and step + 1 < steps:
+            tick = time.perf_counter()
             curve.append({"step": step + 1, **evaluate(state.params)})
+            eval_s += time.perf_counter() - tick
             log(f"  {config.get('name')}: step {step + 1} {curve[-1]}")
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start - eval_s
     result = {"config": config, "train_s": round(train_s, 1), "examples": need,
               "distinct_training_records": int(len(inputs)), **evaluate(state.params),
               "curve": curve, "loss": losses, "device": str(jax.devices()[0].platform)}
@@ -267,7 +272,8 @@ def run(args) -> None:
     for config in configs:
         result = run_config(config, bundle)
         line = json.dumps(result)
-        print(f"{config.get('name')}: HR@1 {result['HR@1']:.4f} NDCG@5 {result['NDCG@5']:.4f} "
+        print(f"{config.get('name')}: validation HR@1 {result['valid_HR@1']:.4f} NDCG@5 "
+              f"{result['valid_NDCG@5']:.4f}; test HR@1 {result['HR@1']:.4f} NDCG@5 {result['NDCG@5']:.4f} "
               f"(likelihood only {result['HR@1_likelihood']:.4f} / {result['NDCG@5_likelihood']:.4f}, "
               f"w {result['prior_weight']}) in {result['train_s']} s", flush=True)
         if args.out:
