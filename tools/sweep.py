@@ -116,33 +116,28 @@ def export(args) -> None:
         for key, value in _flatten(params).items():
             out[f"init{seed}/{key}"] = np.asarray(value, np.float32)
     tmp = args.out + ".tmp.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, args.out)
+    try:
+        np.savez_compressed(tmp, **out)
+        os.replace(tmp, args.out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     print(f"export: {len(train)} training records, "
           f"{len(out['validation_labels'])}/{len(out['test_labels'])} validation/test, "
           f"seeds {args.seeds} -> {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
 
 
-def _flatten(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "/"))
-        else:
-            flat[name] = value
-    return flat
+def _flatten(tree) -> dict:
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    from flax import traverse_util
+
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -165,11 +160,12 @@ def candidate_scores(model, params, enc: np.ndarray, cands: np.ndarray, batch: i
 
 
 def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
-    """HR@1 and NDCG@5 with pessimistic ties (a tie with the true item ranks it lower)."""
-    true = scores[np.arange(len(labels)), labels]
-    rank = 1 + (scores > true[:, None]).sum(1) + (scores == true[:, None]).sum(1) - 1
-    ndcg = np.where(rank <= 5, 1.0 / np.log2(rank + 1), 0.0)
-    return {"HR@1": float(np.mean(rank == 1)), "NDCG@5": float(np.mean(ndcg))}
+    """HR@1 and NDCG@5 through the project's one evaluation path (pessimistic ties)."""
+    from instructrec_jax import metrics
+
+    values = metrics.evaluate_rankings(list(scores), [int(x) for x in labels],
+                                       tie_rule="pessimistic").values
+    return {"HR@1": values["HR@1"], "NDCG@5": values["NDCG@5"]}
 
 
 def run_config(config: dict, bundle, log=print) -> dict:
