@@ -1,7 +1,8 @@
 """Training batches from a SeqIO task or mixture: per-process shard, packed, resumable, global arrays.
 
 The pipeline is T5X's: `get_mixture_or_task(name).get_dataset(lengths, split, shuffle, seed,
-shard_info, num_epochs=None)` → `seqio.EncDecFeatureConverter(pack=…)` → batches of
+shard_info, num_epochs=None)` → `seqio.EncDecFeatureConverter(pack=…)` (or its first-fit
+packing variant, `packer='first_fit'`, instructrec_jax/packing.py) → batches of
 `global_batch_size // num_shards` rows on each process → one global `jax.Array` per feature via
 `jax.make_array_from_process_local_data`, split over the mesh's 'data' axis.
 
@@ -22,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from instructrec_jax.packing import FirstFitEncDecFeatureConverter
 from instructrec_jax.partitioning import DataLayout, Partitioner
 
 
@@ -34,6 +36,9 @@ class UnknownTaskError(KeyError):
 
 class VocabularyMismatchError(ValueError):
     """A task vocabulary that does not fit the model's embedding table."""
+
+
+PACKERS = ("seqio", "first_fit")
 
 
 @gin.configurable
@@ -49,11 +54,19 @@ class DatasetConfig:
     seed: int | None = 0
     use_cached: bool = False
     pack: bool = True
+    # How rows are packed when `pack`: 'seqio' (SeqIO's own, one open row; T5X's behaviour) or
+    # 'first_fit' (each example into the first row of its pool of `pack_pool_size` where it fits).
+    packer: str = "seqio"
+    pack_pool_size: int = 256
     module: str | None = None  # imported first, e.g. 'instructrec_jax.tasks', to register tasks
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"DatasetConfig.batch_size must be positive, got {self.batch_size}")
+        if self.packer not in PACKERS:
+            raise ValueError(f"DatasetConfig.packer must be one of {PACKERS}, got {self.packer!r}")
+        if self.pack_pool_size < 1:
+            raise ValueError(f"DatasetConfig.pack_pool_size must be positive, got {self.pack_pool_size}")
         missing = {"inputs", "targets"} - set(self.task_feature_lengths or {})
         if missing:
             raise ValueError(
@@ -118,10 +131,16 @@ def local_batches(
         if layout.num_shards > 1 else None,
         num_epochs=num_epochs,
     )
-    converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
-    dataset = converter(dataset, lengths)
+    dataset = feature_converter(cfg)(dataset, lengths)
     dataset = dataset.batch(layout.local_batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def feature_converter(cfg: DatasetConfig) -> seqio.EncDecFeatureConverter:
+    """SeqIO's encoder-decoder converter, packing with `cfg.packer` when `cfg.pack`."""
+    if cfg.pack and cfg.packer == "first_fit":
+        return FirstFitEncDecFeatureConverter(pool_size=cfg.pack_pool_size)
+    return seqio.EncDecFeatureConverter(pack=cfg.pack)
 
 
 @dataclasses.dataclass

@@ -12,7 +12,8 @@ with realistic padding: each example's real length is drawn uniformly from [leng
 Reported per run: steps/s, tokens/s with and without padding, model FLOPs utilisation against
 the square-matmul peak measured in the same process just before (in the dtype the model's
 matmuls run in), and peak RSS. `--pack` adds a run of ours with the same examples packed
-(seqio-style segment ids): fewer rows, same real tokens. Machines shared with other jobs are
+by the trainer's packer (`--packer first_fit`, the default here, or `seqio`): fewer rows, same
+real tokens. Machines shared with other jobs are
 noisy: compare the ratio of side-by-side runs, not absolute figures across days.
 """
 
@@ -66,45 +67,22 @@ def unpacked_batch(examples, inputs_length, targets_length):
             "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.float32)}
 
 
-def packed_batch(examples, inputs_length, targets_length):
-    """EncDecFeatureConverter(pack=True)-style rows: examples greedily packed, segment ids 1, 2, …"""
-    rows = []  # each: [inputs list, targets list, segment counter]
-    for inputs, targets in examples:
-        for row in rows:
-            if len(row[0]) + len(inputs) <= inputs_length and len(row[1]) + len(targets) <= targets_length:
-                break
-        else:
-            row = [[], [], [], [], 0]
-            rows.append(row)
-        row[4] += 1
-        row[0] += inputs
-        row[1] += targets
-        row[2] += [row[4]] * len(inputs)
-        row[3] += [row[4]] * len(targets)
-    b = len(rows)
-    out = {k: np.zeros((b, n), np.int32) for k, n in (
-        ("encoder_input_tokens", inputs_length), ("encoder_segment_ids", inputs_length),
-        ("encoder_positions", inputs_length), ("decoder_target_tokens", targets_length),
-        ("decoder_input_tokens", targets_length), ("decoder_segment_ids", targets_length),
-        ("decoder_positions", targets_length))}
-    for i, (inp, tgt, inseg, tgseg, _) in enumerate(rows):
-        out["encoder_input_tokens"][i, :len(inp)] = inp
-        out["encoder_segment_ids"][i, :len(inp)] = inseg
-        out["decoder_target_tokens"][i, :len(tgt)] = tgt
-        out["decoder_segment_ids"][i, :len(tgt)] = tgseg
-        for name, seg in (("encoder", inseg), ("decoder", tgseg)):
-            pos, prev = [], None
-            for s in seg:
-                pos.append(0 if s != prev else pos[-1] + 1)
-                prev = s
-            out[f"{name}_positions"][i, :len(pos)] = pos
-        dec_in = [0] + tgt[:-1]
-        for j in range(1, len(tgt)):  # every segment starts from the decoder start token 0
-            if tgseg[j] != tgseg[j - 1]:
-                dec_in[j] = 0
-        out["decoder_input_tokens"][i, :len(dec_in)] = dec_in
-    out["decoder_loss_weights"] = (out["decoder_target_tokens"] > 0).astype(np.float32)
-    return out
+def packed_batch(examples, inputs_length, targets_length, packer="first_fit"):
+    """The examples packed as the trainer packs them: `DatasetConfig.packer` 'first_fit' (its
+    pool = these examples) or 'seqio' (SeqIO's `EncDecFeatureConverter(pack=True)`)."""
+    import seqio
+    import tensorflow as tf
+
+    from instructrec_jax.packing import FirstFitEncDecFeatureConverter
+
+    converter = (FirstFitEncDecFeatureConverter(pool_size=len(examples)) if packer == "first_fit"
+                 else seqio.EncDecFeatureConverter(pack=True))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ({"inputs": np.asarray(i, np.int32), "targets": np.asarray(t, np.int32)} for i, t in examples),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")})
+    rows = list(converter(dataset, {"inputs": inputs_length, "targets": targets_length}).as_numpy_iterator())
+    return {k: np.stack([r[k] for r in rows]).astype(np.float32 if k == "decoder_loss_weights" else np.int32)
+            for k in rows[0]}
 
 
 def train_flops(size, batch, inputs_length, targets_length, vocab):
@@ -169,7 +147,8 @@ def jax_worker(args) -> dict:
     # Placed as the step expects it (as the trainer does), or the second call would recompile.
     state = jax.device_put(init(), layout.shardings)
     examples = synthetic_examples(args.batch, inputs_length, targets_length, args.vocab)
-    batch = (packed_batch if args.pack else unpacked_batch)(examples, inputs_length, targets_length)
+    batch = (packed_batch(examples, inputs_length, targets_length, args.packer) if args.pack
+             else unpacked_batch(examples, inputs_length, targets_length))
     rows = batch["encoder_input_tokens"].shape[0]
     if args.pack:  # keep the examples-per-step the same; rows pad to a multiple of microbatches
         pad = (-rows) % args.microbatches
@@ -317,6 +296,8 @@ def parse_args(argv):
     parser.add_argument("--remat", default="none")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--pack", action="store_true", help="also run ours on packed rows")
+    parser.add_argument("--packer", choices=("first_fit", "seqio"), default="first_fit",
+                        help="how --pack packs the batch's examples (the trainer's DatasetConfig.packer)")
     parser.add_argument("--torch-optimizer", choices=("adafactor", "adamw"), default="adafactor")
     parser.add_argument("--torch-bf16", action="store_true", help="also run torch with bf16 autocast")
     parser.add_argument("--frameworks", default="jax,torch")
@@ -352,7 +333,7 @@ def main(argv=None) -> int:
     base, skip = [], False  # the workers' arguments: the driver-only options left out
     for a in argv:
         if skip or a.startswith(("--pack", "--torch-bf16", "--json-out")):
-            skip = a == "--json-out"
+            skip = a in ("--json-out", "--packer")
             continue
         base.append(a)
     print(f"batch {args.batch}, lengths {args.lengths[0]}/{args.lengths[1]}, vocab {args.vocab}, "
@@ -366,7 +347,7 @@ def main(argv=None) -> int:
         if "jax" in frameworks:
             runs.append(("ours", "jax", [], args.xla_flags))
             if args.pack:
-                runs.append(("ours packed", "jax", ["--pack"], args.xla_flags))
+                runs.append(("ours packed", "jax", ["--pack", f"--packer={args.packer}"], args.xla_flags))
         if "torch" in frameworks:
             runs.append(("transformers fp32", "torch", [], ""))
             if args.torch_bf16:
