@@ -168,3 +168,17 @@ def test_packing_stats_tool_prints_every_packer_with_fewer_rows_for_first_fit(ca
             and not line.startswith("| packer")}
     assert rows["none"] == 64
     assert rows["first-fit, pool 64"] <= rows["SeqIO (`PACKER='seqio'`)"] < 64
+
+
+def test_resumed_first_fit_stream_continues_with_the_batch_an_unbroken_stream_gives():
+    fx.register_task()
+    cfg = data_pipeline.DatasetConfig(fx.TASK, {"inputs": 64, "targets": 32}, batch_size=8,
+                                      packer="first_fit", pack_pool_size=32)
+    unbroken = data_pipeline.TrainBatchIterator(cfg, Partitioner(), seed=5)
+    expected = [next(unbroken) for _ in range(7)][-2:]
+    resumed = data_pipeline.TrainBatchIterator(cfg, Partitioner(), seed=5, position=5)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+    assert resumed.state()["batches_consumed"] == 7
