@@ -52,10 +52,21 @@ def _gin_value(config_gin: Path, name: str) -> str | None:
     return None
 
 
+def latest_checkpoint_step(checkpoints: Path) -> int | None:
+    """The newest step saved under `checkpoints` (Orbax step folders are named by the step), or None."""
+    if not checkpoints.is_dir():
+        return None
+    steps = [int(p.name) for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps, default=None)
+
+
 def run_seed(args, seed: int, env: dict) -> dict:
     out = Path(args.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
+    # A folder with checkpoints resumes (the trainer continues from its latest one, bitwise on
+    # CPU), so this run's CPU and wall seconds are only the rest of the training: say so.
+    resumed_from = latest_checkpoint_step(model_dir / "checkpoints")
     train_cmd = [sys.executable, "-m", "instructrec_jax.train", f"--gin_file={args.train_gin}",
                  f"--gin.MODEL_DIR='{model_dir}'", f"--gin.RANDOM_SEED={seed}", *args.binding,
                  *args.train_binding]
@@ -71,7 +82,8 @@ def run_seed(args, seed: int, env: dict) -> dict:
     eval_wall, eval_cpu = _run(eval_cmd, out / "eval.log", env)
     report = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     row = {"row": args.row, "seed": seed, "train_steps": steps, "batch_size": batch,
-           "examples_seen": steps * batch, "train_wall_s": round(train_wall, 1),
+           "examples_seen": steps * batch, "resumed_from_step": resumed_from,
+           "train_wall_s": round(train_wall, 1),
            "train_cpu_s": round(train_cpu, 1), "eval_wall_s": round(eval_wall, 1),
            "train_command": " ".join(train_cmd), "eval_command": " ".join(eval_cmd), "scenarios": {}}
     for scenario, entry in report["scenarios"].items():
@@ -100,9 +112,13 @@ def summarise(rows: list[dict], scenario: str) -> str:
     calibrated prior; then likelihood only), seeds."""
     first = rows[0]
     pick = lambda key, metric: [r["scenarios"][scenario][key][metric] for r in rows]
-    cpu = statistics.mean(r["train_cpu_s"] for r in rows)
+    whole = [r["train_cpu_s"] for r in rows if not r.get("resumed_from_step")]
+    resumed = [f"seed {r['seed']} resumed at step {r['resumed_from_step']}" for r in rows if r.get("resumed_from_step")]
+    budget = f"{statistics.mean(whole) / 60:.1f} CPU-min" if whole else "CPU time unknown"
+    if resumed:  # a resumed run's seconds cover only its last part: left out of the budget
+        budget += f"; {', '.join(resumed)}"
     return (f"| {first['row']} | {first['train_steps']} steps × {first['batch_size']} "
-            f"({cpu / 60:.1f} CPU-min) | {first['examples_seen']:,} | "
+            f"({budget}) | {first['examples_seen']:,} | "
             f"{_mean_std(pick('test_best', 'HR@1'))} | {_mean_std(pick('test_best', 'NDCG@5'))} | "
             f"{_mean_std(pick('test_no_prior', 'HR@1'))} | {_mean_std(pick('test_no_prior', 'NDCG@5'))} | "
             f"{','.join(str(r['seed']) for r in rows)} |")
