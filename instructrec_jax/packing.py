@@ -5,8 +5,8 @@ arrival order into one open row: an example that does not fit closes the row and
 even when an earlier row still has room. When inputs and targets must both fit, that leaves much
 of each row empty: for inputs uniform in [64, 256] of 256 and targets in [8, 32] of 32 it packs
 1.06 examples per row. First-fit over a pool of examples puts each example into the first row
-(opened in this pool) where both its inputs and its targets still fit, 1.26 per row on the same
-examples.
+(opened in this pool) where both its inputs and its targets still fit: 1.22 per row on the same
+examples with a pool of 256, 1.26 with 2,048 (BENCHMARKS.md, `tools/packing_stats.py`).
 
 `FirstFitEncDecFeatureConverter(pool_size=…)` is SeqIO's `EncDecFeatureConverter` with only the
 packing step replaced: the same trimming, the same packed features (`inputs`, `targets` and their
@@ -61,10 +61,10 @@ def pack_pool(features: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarr
     out = {f"{k}{suffix}": np.zeros((len(rows), packed_lengths[k]), np.int32)
            for k in keys for suffix in PACKED_SUFFIXES}
     for r, members in enumerate(rows):
-        for k in keys:
+        for f, k in enumerate(keys):
             at = 0
             for segment, i in enumerate(members, start=1):
-                n = sizes[i][keys.index(k)]
+                n = sizes[i][f]
                 out[k][r, at:at + n] = features[k][i, :n]
                 out[f"{k}_segment_ids"][r, at:at + n] = segment
                 out[f"{k}_positions"][r, at:at + n] = np.arange(n)
