@@ -43,7 +43,8 @@ def prepared(tmp_path_factory):
 def bundle(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "bundle.npz"
     sweep.main(["export", "--data-dir", str(prepared.parent), "--dataset", prepared.name,
-                "--seeds", "0", "--lengths", "160/4", "--out", str(out)])
+                "--seeds", "0", "--lengths", "160/4", "--shapes", '[{"d_model": 64, "d_kv": 16}]',
+                "--out", str(out)])
     return np.load(out)
 
 
@@ -92,5 +93,13 @@ def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, b
         assert 0.0 <= result[key] <= 1.0
     assert result["prior_weight"] in sweep.PRIOR_GRID
     json.dumps(result)  # a JSON line
-    with pytest.raises(SystemExit, match="shape"):
+    narrow = sweep.run_config({"name": "narrow", "steps": 2, "batch": 8, "d_model": 64, "d_kv": 16},
+                              bundle, log=lambda _: None)
+    assert 0.0 <= narrow["HR@1"] <= 1.0
+    init = {k: bundle[k] for k in bundle.files if k.startswith(sweep.init_prefix(0, sweep.shape_of(
+        {"d_model": 64, "d_kv": 16})))}
+    assert {v.shape for k, v in init.items() if k.endswith("token_embedder/embedding")} == {(768, 64)}
+    with pytest.raises(SystemExit, match="no initial parameters.*--shapes '\\[\\{\"d_model\": 256\\}\\]'"):
         sweep.run_config({"name": "wide", "steps": 1, "d_model": 256}, bundle)
+    with pytest.raises(SystemExit, match="no initial parameters for seed 7"):
+        sweep.run_config({"name": "seed", "steps": 1, "seed": 7}, bundle)

@@ -24,8 +24,11 @@ A config is a JSON object; keys (defaults): name, seed (0), steps (6000), batch 
 lr (3e-3), schedule ('constant * linear_decay'), warmup (0), dropout (0.0), passes (1: the
 training records of the first pass only; k: the first k passes of `prepare --train-passes`, read
 pass after pass, each permuted; runs longer than that go on with permutations of all of them),
-logits_via_embedding (false), eval_every (0: only at the end). The model is the demo's
-(`DEMO_MODEL`); other shapes would need initial parameters of their own and are refused.
+logits_via_embedding (false), eval_every (0: only at the end), and the model shape: any of
+`DEMO_MODEL`'s keys (d_model, d_ff, num_heads, d_kv, num_encoder_layers, num_decoder_layers;
+default the demo's). A shape other than the demo's needs initial parameters of its own in the
+bundle: `export --shapes '[{"d_model": 256, "d_ff": 1024, "d_kv": 64}]'` adds them (random + PPMI,
+per seed, as for the demo shape); a config asking for a shape the bundle lacks is refused.
 """
 
 from __future__ import annotations
@@ -52,10 +55,22 @@ def _model(config: dict, vocab_size: int):
     from instructrec_jax.model.config import T5Config
     from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 
-    shape = {k: config.get(k, v) for k, v in DEMO_MODEL.items()}
+    shape = shape_of(config)
     return EncoderDecoderModel(T5Config(
         vocab_size=vocab_size, dropout_rate=config.get("dropout", 0.0), dtype="float32",
         logits_via_embedding=config.get("logits_via_embedding", False), **shape), z_loss=1e-4)
+
+
+def shape_of(config: dict) -> dict:
+    """The model shape a config asks for: DEMO_MODEL with the config's overrides."""
+    return {k: int(config.get(k, v)) for k, v in DEMO_MODEL.items()}
+
+
+def init_prefix(seed: int, shape: dict) -> str:
+    """Where the bundle keeps a seed's initial parameters for a shape ("init0/" for the demo's)."""
+    if shape == DEMO_MODEL:
+        return f"init{seed}/"
+    return f"init{seed}@" + ",".join(f"{k}={shape[k]}" for k in DEMO_MODEL) + "/"
 
 
 def _tokens(vocab, text: str, length: int) -> list[int]:
@@ -109,12 +124,16 @@ def export(args) -> None:
     # (how the experiment gin files set NUM_EMBEDDINGS), unless given.
     vocab_size = int(args.vocab_size or -(-vocab.vocab_size // 128) * 128)
     out["vocab_size"] = np.array(vocab_size)
-    for seed in args.seeds:
-        model = _model({}, vocab_size)
-        params = nn.unbox(model.init_params(jax.random.PRNGKey(seed), None))
-        params = CooccurrenceItemInit(dataset=path)(jax.device_get(params))
-        for key, value in _flatten(params).items():
-            out[f"init{seed}/{key}"] = np.asarray(value, np.float32)
+    unknown = [k for shape in args.shapes for k in shape if k not in DEMO_MODEL]
+    if unknown:
+        raise SystemExit(f"--shapes: unknown keys {sorted(set(unknown))}; expected some of {list(DEMO_MODEL)}")
+    for shape in [DEMO_MODEL] + [shape_of(s) for s in args.shapes]:
+        for seed in args.seeds:
+            model = _model(shape, vocab_size)
+            params = nn.unbox(model.init_params(jax.random.PRNGKey(seed), None))
+            params = CooccurrenceItemInit(dataset=path)(jax.device_get(params))
+            for key, value in _flatten(params).items():
+                out[f"{init_prefix(seed, shape)}{key}"] = np.asarray(value, np.float32)
     tmp = args.out + ".tmp.npz"
     try:
         np.savez_compressed(tmp, **out)
@@ -175,15 +194,16 @@ def run_config(config: dict, bundle, log=print) -> dict:
     from instructrec_jax import optimizers, train_state
 
     vocab_size = int(bundle["vocab_size"])
-    reshaped = {k: config[k] for k in DEMO_MODEL if k in config and config[k] != DEMO_MODEL[k]}
-    if reshaped:
-        raise SystemExit(f"{config.get('name')}: the bundle's initial parameters have the demo "
-                         f"model's shape {DEMO_MODEL}; {reshaped} needs its own (not supported)")
     model = _model(config, vocab_size)
     seed, steps, batch = config.get("seed", 0), config.get("steps", 6000), config.get("batch", 32)
-    init = {k.split("/", 1)[1]: bundle[k] for k in bundle.files if k.startswith(f"init{seed}/")}
+    shape = shape_of(config)
+    prefix = init_prefix(seed, shape)
+    init = {k[len(prefix):]: bundle[k] for k in bundle.files if k.startswith(prefix)}
     if not init:
-        raise SystemExit(f"the bundle has no initial parameters for seed {seed}")
+        extra = {k: v for k, v in shape.items() if v != DEMO_MODEL[k]}
+        raise SystemExit(f"{config.get('name')}: the bundle has no initial parameters for seed {seed} "
+                         f"and model shape {shape}" + (f"; export it with --shapes '[{json.dumps(extra)}]'"
+                                                       if extra else ""))
     params = jax.tree_util.tree_map(jnp.asarray, _unflatten(init))
     if config.get("logits_via_embedding"):
         params["decoder"].pop("logits_dense", None)
@@ -288,6 +308,8 @@ def main(argv=None) -> int:
     e.add_argument("--vocab-size", default=None, type=int,
                    help="NUM_EMBEDDINGS of the model (default: the vocabulary padded to 128)")
     e.add_argument("--seeds", default="0", type=lambda v: [int(x) for x in v.split(",")])
+    e.add_argument("--shapes", default="[]", type=json.loads,
+                   help="JSON list of model shapes besides the demo's to export initial parameters for")
     e.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("--bundle", required=True)
