@@ -93,6 +93,7 @@ def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, b
         assert 0.0 <= result[key] <= 1.0
     assert result["prior_weight"] in sweep.PRIOR_GRID
     json.dumps(result)  # a JSON line
+    assert sweep._model({"label_smoothing": 0.1}, 768).label_smoothing == 0.1
     narrow = sweep.run_config({"name": "narrow", "steps": 2, "batch": 8, "d_model": 64, "d_kv": 16},
                               bundle, log=lambda _: None)
     assert 0.0 <= narrow["HR@1"] <= 1.0

@@ -24,7 +24,7 @@ A config is a JSON object; keys (defaults): name, seed (0), steps (6000), batch 
 lr (3e-3), schedule ('constant * linear_decay'), warmup (0), dropout (0.0), passes (1: the
 training records of the first pass only; k: the first k passes of `prepare --train-passes`, read
 pass after pass, each permuted; runs longer than that go on with permutations of all of them),
-logits_via_embedding (false), eval_every (0: only at the end), and the model shape: any of
+logits_via_embedding (false), label_smoothing (0.0), eval_every (0: only at the end), and the model shape: any of
 `DEMO_MODEL`'s keys (d_model, d_ff, num_heads, d_kv, num_encoder_layers, num_decoder_layers;
 default the demo's). A shape other than the demo's needs initial parameters of its own in the
 bundle: `export --shapes '[{"d_model": 256, "d_ff": 1024, "d_kv": 64}]'` adds them (random + PPMI,
@@ -58,7 +58,8 @@ def _model(config: dict, vocab_size: int):
     shape = shape_of(config)
     return EncoderDecoderModel(T5Config(
         vocab_size=vocab_size, dropout_rate=config.get("dropout", 0.0), dtype="float32",
-        logits_via_embedding=config.get("logits_via_embedding", False), **shape), z_loss=1e-4)
+        logits_via_embedding=config.get("logits_via_embedding", False), **shape), z_loss=1e-4,
+        label_smoothing=config.get("label_smoothing", 0.0))
 
 
 def shape_of(config: dict) -> dict:
