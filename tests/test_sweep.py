@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import sweep  # noqa: E402
 
 
+def test_export_refuses_bad_shapes_before_reading_anything(tmp_path):
+    for shapes, message in (('[{"width": 3}]', "unknown keys \\['width'\\]"), ('{"d_model": 64}', "a JSON list")):
+        with pytest.raises(SystemExit, match=message):
+            sweep.main(["export", "--data-dir", str(tmp_path / "missing"), "--dataset", "none",
+                        "--shapes", shapes, "--out", str(tmp_path / "b.npz")])
+
+
 def test_ranking_metrics_rank_ties_pessimistically():
     scores = np.array([[1.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     result = sweep.ranking_metrics(scores, np.array([0, 0, 0]))

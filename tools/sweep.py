@@ -91,6 +91,11 @@ def export(args) -> None:
     from instructrec_jax.ranking import popularity_log_prior
     from instructrec_jax.vocabulary import load_vocabulary
 
+    if not isinstance(args.shapes, list) or not all(isinstance(x, dict) for x in args.shapes):
+        raise SystemExit(f"--shapes: expected a JSON list of objects, got {args.shapes!r}")
+    unknown = [k for shape in args.shapes for k in shape if k not in DEMO_MODEL]
+    if unknown:  # refused before minutes of tokenising
+        raise SystemExit(f"--shapes: unknown keys {sorted(set(unknown))}; expected some of {list(DEMO_MODEL)}")
     path = os.path.join(args.data_dir, args.dataset)
     manifest = storage.read_manifest(path)
     vocab = load_vocabulary(os.path.join(path, manifest.get("vocabulary", "spiece.model")))
@@ -125,9 +130,6 @@ def export(args) -> None:
     # (how the experiment gin files set NUM_EMBEDDINGS), unless given.
     vocab_size = int(args.vocab_size or -(-vocab.vocab_size // 128) * 128)
     out["vocab_size"] = np.array(vocab_size)
-    unknown = [k for shape in args.shapes for k in shape if k not in DEMO_MODEL]
-    if unknown:
-        raise SystemExit(f"--shapes: unknown keys {sorted(set(unknown))}; expected some of {list(DEMO_MODEL)}")
     for shape in [DEMO_MODEL] + [shape_of(s) for s in args.shapes]:
         for seed in args.seeds:
             model = _model(shape, vocab_size)
