@@ -23,6 +23,15 @@ def test_export_refuses_bad_shapes_before_reading_anything(tmp_path):
                         "--shapes", shapes, "--out", str(tmp_path / "b.npz")])
 
 
+def test_committed_screen_configs_use_known_keys_and_misspelt_ones_are_refused():
+    for name in ("sweep_issue6.json", "sweep_issue6_next.json"):
+        sweep.check_configs(json.loads((Path(sweep.__file__).parent / name).read_text()))
+    with pytest.raises(SystemExit, match="config 1 \\('b'\\): unknown keys \\['dropuot'\\]"):
+        sweep.check_configs([{"name": "a", "lr": 0.01}, {"name": "b", "dropuot": 0.1}])
+    with pytest.raises(SystemExit, match="a JSON list of objects"):
+        sweep.check_configs({"name": "a"})
+
+
 def test_ranking_metrics_rank_ties_pessimistically():
     scores = np.array([[1.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     result = sweep.ranking_metrics(scores, np.array([0, 0, 0]))

@@ -62,6 +62,22 @@ def _model(config: dict, vocab_size: int):
         label_smoothing=config.get("label_smoothing", 0.0))
 
 
+CONFIG_KEYS = ("name", "seed", "steps", "batch", "lr", "schedule", "warmup", "dropout", "passes",
+               "logits_via_embedding", "label_smoothing", "eval_every", *DEMO_MODEL)
+
+
+def check_configs(configs) -> None:
+    """Refuses, before anything runs, a config list with a misspelt key (which would otherwise
+    silently train with the default)."""
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise SystemExit("configs: expected a JSON list of objects")
+    for i, config in enumerate(configs):
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise SystemExit(f"config {i} ({config.get('name')!r}): unknown keys {unknown}; "
+                             f"known: {', '.join(CONFIG_KEYS)}")
+
+
 def shape_of(config: dict) -> dict:
     """The model shape a config asks for: DEMO_MODEL with the config's overrides."""
     return {k: int(config.get(k, v)) for k, v in DEMO_MODEL.items()}
@@ -288,6 +304,7 @@ def run(args) -> None:
     with contextlib.suppress(OSError):
         args.configs = open(args.configs, encoding="utf-8").read()
     configs = json.loads(args.configs)
+    check_configs(configs)
     for config in configs:
         result = run_config(config, bundle)
         line = json.dumps(result)
