@@ -26,10 +26,18 @@ def count_rows(examples, lengths: dict[str, int], converter) -> int:
     return sum(1 for _ in converter(dataset, lengths).as_numpy_iterator())
 
 
+def _lengths(value: str) -> tuple[int, int]:
+    try:
+        inputs, targets = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INPUTS/TARGETS, e.g. 256/32; got {value!r}") from None
+    return inputs, targets
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=2048)
-    parser.add_argument("--lengths", default="256/32", help="inputs/targets")
+    parser.add_argument("--lengths", default="256/32", type=_lengths, help="inputs/targets")
     parser.add_argument("--pools", default="16,64,256,2048", help="first-fit pool sizes")
     parser.add_argument("--vocab", type=int, default=32128)
     args = parser.parse_args(argv)
@@ -40,7 +48,7 @@ def main(argv=None) -> int:
 
     from instructrec_jax.packing import FirstFitEncDecFeatureConverter
 
-    inputs_length, targets_length = (int(x) for x in args.lengths.split("/"))
+    inputs_length, targets_length = args.lengths
     lengths = {"inputs": inputs_length, "targets": targets_length}
     examples = synthetic_examples(args.examples, inputs_length, targets_length, args.vocab)
     real = sum(len(i) + len(t) for i, t in examples)
