@@ -154,6 +154,14 @@ def test_benchmark_packs_with_the_trainers_packers():
     assert first_fit["encoder_input_tokens"].shape == (14, 256)
     assert seqio_rows["encoder_input_tokens"].shape == (16, 256)
     assert first_fit["decoder_loss_weights"].sum() == seqio_rows["decoder_loss_weights"].sum()
+    # --pack-lengths: the same examples into rows twice as long: fewer rows, the same real tokens.
+    long_rows = bench.packed_batch(examples, 512, 64, "first_fit")
+    assert long_rows["encoder_input_tokens"].shape[1] == 512 and long_rows["encoder_input_tokens"].shape[0] < 14
+    assert bench.real_tokens(long_rows) == bench.real_tokens(first_fit)
+    assert bench.parse_args(["--pack-lengths", "512/64"]).pack_lengths == (512, 64)
+    for bad in (["--pack-lengths", "128/32"], ["--pack-lengths", "512"], ["--lengths", "0/32"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
 
 
 def test_packing_stats_tool_prints_every_packer_with_fewer_rows_for_first_fit(capsys):

@@ -13,7 +13,9 @@ Reported per run: steps/s, tokens/s with and without padding, model FLOPs utilis
 the square-matmul peak measured in the same process just before (in the dtype the model's
 matmuls run in), and peak RSS. `--pack` adds a run of ours with the same examples packed
 by the trainer's packer (`--packer first_fit`, the default here, or `seqio`): fewer rows, same
-real tokens. Machines shared with other jobs are
+real tokens. `--pack-lengths 512/64` packs those examples into longer rows than the examples' own
+maximum (T5X's recipes pack short examples into 512-token rows the same way: the task's feature
+lengths are the row lengths); the unpacked runs keep `--lengths`. Machines shared with other jobs are
 noisy: compare the ratio of side-by-side runs, not absolute figures across days.
 """
 
@@ -130,6 +132,7 @@ def jax_worker(args) -> dict:
     from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 
     inputs_length, targets_length = args.lengths
+    row_lengths = args.pack_lengths if args.pack and args.pack_lengths else args.lengths
     peak = matmul_peak_jax(args.dtype)
     d, ff, heads, d_kv, enc, dec = SIZES[args.model]
     config = T5Config(vocab_size=args.vocab, d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv,
@@ -139,7 +142,7 @@ def jax_worker(args) -> dict:
     partitioner = partitioning.Partitioner()
     optimizer = optimizers.adafactor(1e-3)
     layout = train.state_layout(model, optimizer, partitioner,
-                                {"inputs": inputs_length, "targets": targets_length})
+                                {"inputs": row_lengths[0], "targets": row_lengths[1]})
     import flax.linen as nn
 
     init = jax.jit(lambda: train_state.init_train_state(
@@ -147,7 +150,7 @@ def jax_worker(args) -> dict:
     # Placed as the step expects it (as the trainer does), or the second call would recompile.
     state = jax.device_put(init(), layout.shardings)
     examples = synthetic_examples(args.batch, inputs_length, targets_length, args.vocab)
-    batch = (packed_batch(examples, inputs_length, targets_length, args.packer) if args.pack
+    batch = (packed_batch(examples, *row_lengths, args.packer) if args.pack
              else unpacked_batch(examples, inputs_length, targets_length))
     rows = batch["encoder_input_tokens"].shape[0]
     if args.pack:  # keep the examples-per-step the same; rows pad to a multiple of microbatches
@@ -169,7 +172,7 @@ def jax_worker(args) -> dict:
     compile_s, times, metrics = time_steps(one_step, args.steps)
     real = real_tokens(batch)
     return _result("jax", args, times, rows, real, peak, compile_s=compile_s,
-                   loss=float(metrics["loss"]))
+                   loss=float(metrics["loss"]), row_lengths=row_lengths)
 
 
 def torch_worker(args) -> dict:
@@ -239,8 +242,8 @@ def real_tokens(batch) -> int:
     return int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
 
 
-def _result(framework, args, times, rows, real_tokens, peak, **extra) -> dict:
-    inputs_length, targets_length = args.lengths
+def _result(framework, args, times, rows, real_tokens, peak, row_lengths=None, **extra) -> dict:
+    inputs_length, targets_length = row_lengths or args.lengths
     step_s = statistics.median(times)
     flops = train_flops(args.model, rows, inputs_length, targets_length, args.vocab)
     return {
@@ -251,7 +254,7 @@ def _result(framework, args, times, rows, real_tokens, peak, **extra) -> dict:
         "examples_per_s": args.batch / step_s,
         "matmul_peak_gflops": peak / 1e9, "model_gflops_per_s": flops / step_s / 1e9,
         "mfu": flops / step_s / peak, "peak_rss_gib": peak_rss_gib(),
-        "end_rss_gib": current_rss_gib(), **extra,
+        "end_rss_gib": current_rss_gib(), "row_lengths": [inputs_length, targets_length], **extra,
     }
 
 
@@ -298,6 +301,9 @@ def parse_args(argv):
     parser.add_argument("--pack", action="store_true", help="also run ours on packed rows")
     parser.add_argument("--packer", choices=("first_fit", "seqio"), default="first_fit",
                         help="how --pack packs the batch's examples (the trainer's DatasetConfig.packer)")
+    parser.add_argument("--pack-lengths", default=None,
+                        help="inputs/targets row lengths of the packed run (default: --lengths); "
+                             "the examples are still drawn with --lengths")
     parser.add_argument("--torch-optimizer", choices=("adafactor", "adamw"), default="adafactor")
     parser.add_argument("--torch-bf16", action="store_true", help="also run torch with bf16 autocast")
     parser.add_argument("--frameworks", default="jax,torch")
@@ -306,8 +312,22 @@ def parse_args(argv):
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.lengths = tuple(int(x) for x in args.lengths.split("/"))
+    args.lengths = _lengths(parser, "--lengths", args.lengths)
+    args.pack_lengths = args.pack_lengths and _lengths(parser, "--pack-lengths", args.pack_lengths)
+    if args.pack_lengths and any(p < l for p, l in zip(args.pack_lengths, args.lengths)):
+        parser.error(f"--pack-lengths {args.pack_lengths[0]}/{args.pack_lengths[1]} is shorter than "
+                     f"--lengths {args.lengths[0]}/{args.lengths[1]}: examples would be truncated")
     return args
+
+
+def _lengths(parser, flag, text):
+    try:
+        inputs, targets = (int(x) for x in text.split("/"))
+    except ValueError:
+        parser.error(f"{flag} {text!r}: expected INPUTS/TARGETS, e.g. 256/32")
+    if inputs < 1 or targets < 1:
+        parser.error(f"{flag} {text!r}: lengths must be positive")
+    return inputs, targets
 
 
 def run_worker(argv, framework, model, extra=(), xla_flags="") -> dict:
@@ -333,7 +353,7 @@ def main(argv=None) -> int:
     base, skip = [], False  # the workers' arguments: the driver-only options left out
     for a in argv:
         if skip or a.startswith(("--pack", "--torch-bf16", "--json-out")):
-            skip = a in ("--json-out", "--packer")
+            skip = a in ("--json-out", "--packer", "--pack-lengths")
             continue
         base.append(a)
     print(f"batch {args.batch}, lengths {args.lengths[0]}/{args.lengths[1]}, vocab {args.vocab}, "
@@ -347,7 +367,10 @@ def main(argv=None) -> int:
         if "jax" in frameworks:
             runs.append(("ours", "jax", [], args.xla_flags))
             if args.pack:
-                runs.append(("ours packed", "jax", ["--pack", f"--packer={args.packer}"], args.xla_flags))
+                extra = ["--pack", f"--packer={args.packer}"]
+                if args.pack_lengths:
+                    extra.append("--pack-lengths={}/{}".format(*args.pack_lengths))
+                runs.append(("ours packed", "jax", extra, args.xla_flags))
         if "torch" in frameworks:
             runs.append(("transformers fp32", "torch", [], ""))
             if args.torch_bf16:
