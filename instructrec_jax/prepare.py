@@ -191,7 +191,8 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             types: Sequence[str] | None = None, templates_per_example: int | str = 1,
             max_train_examples_per_type: int | None = None, train_negatives: int = 9,
             context: str | None = None, neg99: str = "scenarios",
-            max_eval_examples: int | None = None, train_passes: int = 1, workers: int = 1,
+            max_eval_examples: int | None = None, train_passes: int = 1,
+            train_negative_popularity: float = 0.0, workers: int = 1,
             vocab_size: int = DEFAULT_VOCAB_SIZE,
             vocabulary: str | os.PathLike | None = None, overwrite: bool = False,
             reader_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
@@ -212,7 +213,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=train_negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
-        train_passes=train_passes)
+        train_passes=train_passes, negative_popularity=train_negative_popularity)
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
     started = time.perf_counter()
 
@@ -251,6 +252,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
                        "train_negatives": options.negatives, "neg99": options.neg99,
                        "max_eval_examples": options.max_eval_examples,
                        "train_passes": options.train_passes,
+                       "train_negative_popularity": options.negative_popularity,
                        "context": context if isinstance(context, str) or context is None
                        else "custom"},
             renderer=item_renderer.as_dict(), item_texts=storage.ITEM_TEXTS,
@@ -326,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-passes", type=int, default=1,
                         help="visit the training examples this many times, each pass with fresh "
                              "templates, negatives and order (for runs of several epochs)")
+    parser.add_argument("--train-negative-popularity", type=float, default=0.0, metavar="BETA",
+                        help="draw training negatives with probability ∝ (training count + 1)^BETA "
+                             "(0: uniform, as the evaluation sets; 1: as popular as true items)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes generating and writing types in parallel (same output)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_negatives=args.train_negatives,
                 context=None if args.context == "none" else args.context, neg99=args.neg99,
                 max_eval_examples=args.max_eval_examples, train_passes=args.train_passes,
-                workers=args.workers,
+                train_negative_popularity=args.train_negative_popularity, workers=args.workers,
                 vocab_size=args.vocab_size, vocabulary=args.vocabulary, overwrite=args.overwrite)
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"instructrec prepare: error: {err}", file=sys.stderr)

@@ -345,3 +345,48 @@ def test_train_passes_draw_fresh_negatives_and_templates_and_leave_pass_zero_alo
 def test_train_passes_must_be_positive(data):
     with pytest.raises(ValueError, match="train_passes"):
         GeneratorOptions(train_passes=0)
+
+
+def _training_negative_counts(out, name, data):
+    """Training-part interaction counts of every negative listed in `name`'s training records."""
+    counts = collections.Counter(item for s in data.sequences for item in s.item_ids[:-2])
+    sequences = _sequences(data)
+    drawn = []
+    for r in out[name]["train"]:
+        negatives = [c for i, c in enumerate(r.candidates) if i != r.label_index]
+        assert r.candidates[r.label_index] == r.target_item
+        assert len(set(negatives)) == len(negatives)
+        assert not set(sequences[r.user_id].item_ids[:-2]) & set(negatives)
+        drawn += [counts.get(item, 0) for item in negatives]
+    return drawn, counts
+
+
+@pytest.mark.parametrize("negatives", [9, 31])  # 31: the enumerate-the-pool branch
+def test_popularity_weighted_training_negatives(data, negatives):
+    uniform = generate_instructions(data, types=["p1_i0_t3"], seed=0, negatives=negatives)
+    hard = generate_instructions(data, types=["p1_i0_t3"], seed=0, negatives=negatives,
+                                 negative_popularity=2.0)
+    for split in ("validation", "test"):  # the shared evaluation sets do not move
+        assert hard["p1_i0_t3"][split] == uniform["p1_i0_t3"][split]
+    flat, counts = _training_negative_counts(uniform, "p1_i0_t3", data)
+    skewed, _ = _training_negative_counts(hard, "p1_i0_t3", data)
+    assert len(flat) == len(skewed) == negatives * len(data.train)
+    # Drawn ∝ (count + 1)^2: popular items are listed as negatives far more often than uniformly.
+    pool = list(data.items)
+    expected_uniform = sum(counts.get(i, 0) for i in pool) / len(pool)
+    weights = [counts.get(i, 0) + 1.0 for i in pool]
+    expected_weighted = sum(w * w * (w - 1) for w in weights) / sum(w * w for w in weights)
+    assert expected_weighted > 1.5 * expected_uniform  # the fixture's popularity is skewed enough
+    mean_flat, mean_skewed = sum(flat) / len(flat), sum(skewed) / len(skewed)
+    assert abs(mean_flat - expected_uniform) < 0.15 * expected_uniform
+    assert mean_skewed > mean_flat + 0.5 * (expected_weighted - expected_uniform)
+
+
+def test_negative_popularity_zero_is_the_uniform_default_and_bad_values_are_refused(data):
+    default = generate_instructions(data, types=["p1_i0_t3", "p1_i0_t1"], seed=0)
+    explicit = generate_instructions(data, types=["p1_i0_t3", "p1_i0_t1"], seed=0,
+                                     negative_popularity=0.0)
+    assert default == explicit
+    for bad in (-0.5, 5.0, "1"):
+        with pytest.raises(ValueError, match="negative_popularity"):
+            GeneratorOptions(negative_popularity=bad)

@@ -4,7 +4,8 @@ What goes where:
 - train: one record per (training example, type) with one template drawn per record
   (`templates_per_example=k` draws k distinct templates, 'all' uses every template of the type).
   T3 candidates, the T1 rival and the T0 "no" item are fresh negatives per record, drawn from items
-  the user never touched in their training part (never the shared evaluation sets). T0 alternates
+  the user never touched in their training part (never the shared evaluation sets), uniformly or,
+  with `negative_popularity`, weighted by the items' training popularity. T0 alternates
   "yes" (the true next item) and "no" (a negative) per user, so the labels are balanced.
 - validation/test (types with `evaluated`): one record per (evaluation example, template), for
   every template of the type, with the shared candidate sets of `PreparedData.candidates`
@@ -30,7 +31,10 @@ per record there are only dictionary lookups, joins and one `str.format_map`.
 from __future__ import annotations
 
 import dataclasses
+import bisect
+import collections
 import datetime
+import itertools
 import random
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -63,6 +67,10 @@ class GeneratorOptions:
     Each lists 100 candidates per record, so they are large on big datasets.
     train_passes: how many times the training examples are visited (see the module docstring);
     pass 0 is exactly the records of `train_passes=1`.
+    negative_popularity: the exponent β of the training negatives' distribution: an item is
+    drawn with probability ∝ (its interactions in the training parts + 1)^β among the items the
+    user never touched. 0 (the default) is uniform, as the evaluation sets are; 1 draws negatives
+    about as popular as the true items are ("hard" negatives). Evaluation records never change.
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
@@ -80,6 +88,7 @@ class GeneratorOptions:
     neg99: str = "scenarios"
     max_eval_examples: int | None = None
     train_passes: int = 1
+    negative_popularity: float = 0.0
 
     def __post_init__(self):
         k = self.templates_per_example
@@ -92,6 +101,10 @@ class GeneratorOptions:
             raise ValueError(f"train_passes must be a positive int, got {self.train_passes!r}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if not (isinstance(self.negative_popularity, (int, float))
+                and 0.0 <= self.negative_popularity <= 4.0):
+            raise ValueError("negative_popularity must be a number in [0, 4], got "
+                             f"{self.negative_popularity!r}")
         if self.neg99 not in ("scenarios", "all", "none"):
             raise ValueError(f"neg99 must be 'scenarios', 'all' or 'none', got {self.neg99!r}")
         if self.context not in (None, "time") and not callable(self.context):
@@ -119,6 +132,9 @@ class _Catalogue:
         self.train_items = {s.user_id: frozenset(s.item_ids[: max(len(s) - 2, 0)])
                             for s in data.sequences}
         self.pool = tuple(data.items)
+        self.train_counts = collections.Counter(
+            item for s in data.sequences for item in s.item_ids[: max(len(s) - 2, 0)])
+        self._cumulative: dict[tuple[int, float], list[float]] = {}
         search = data.search or {}
         self.search_pool = tuple(sorted({e.target for e in search.get("train", [])})) or self.pool
         self.search_eval_items = frozenset(e.target for split in ("valid", "test")
@@ -126,6 +142,14 @@ class _Catalogue:
         self._query: dict[str, str] = {}
         self._vague: dict[str, str] = {}
         self._sentences: dict[tuple[str, int, bool], str | None] = {}
+
+    def cumulative_weights(self, pool: tuple[str, ...], exponent: float) -> list[float]:
+        """Running sums of (training count + 1)^exponent over `pool`, for weighted draws."""
+        key = (id(pool), exponent)
+        if key not in self._cumulative:
+            self._cumulative[key] = list(itertools.accumulate(
+                (self.train_counts.get(item, 0) + 1.0) ** exponent for item in pool))
+        return self._cumulative[key]
 
     def query(self, item_id: str) -> str:
         value = self._query.get(item_id)
@@ -229,19 +253,35 @@ class _TypeBuilder:
 
     def _negatives(self, user_id: str, target: str, n: int) -> list[str]:
         """n distinct items outside the user's training part and ≠ target (fewer if the pool is
-        too small to hold n; none at all is an error)."""
+        too small to hold n; none at all is an error). Uniform over the pool, or for training
+        records with `negative_popularity` β > 0, ∝ (training count + 1)^β."""
         exclude = self.cat.train_items.get(user_id, frozenset())
         pool, rng = self.pool, self.rng
+        beta = 0.0 if self.evaluation else float(self.options.negative_popularity)
         picked: list[str] = []
         if len(pool) - len(exclude) - 1 < 4 * n:  # small pool: enumerate instead of rejecting
             allowed = [i for i in pool if i not in exclude and i != target]
             if not allowed:
                 raise ValueError(f"user {user_id!r} interacted with every item that could be a "
                                  f"negative for {self.name}; the catalogue is too small")
-            return rng.sample(allowed, min(n, len(allowed)))
+            if beta == 0.0:
+                return rng.sample(allowed, min(n, len(allowed)))
+            # Weighted sampling without replacement (Efraimidis–Spirakis keys u^(1/w)).
+            counts = self.cat.train_counts
+            keyed = sorted(allowed, key=lambda i: rng.random() ** ((counts.get(i, 0) + 1.0) ** -beta),
+                           reverse=True)
+            return keyed[:n]
         size, draw = len(pool), rng.random  # random() is several times cheaper than randrange()
+        if beta == 0.0:
+            while len(picked) < n:
+                item = pool[int(draw() * size)]
+                if item != target and item not in exclude and item not in picked:
+                    picked.append(item)
+            return picked
+        cumulative = self.cat.cumulative_weights(pool, beta)
+        total, find = cumulative[-1], bisect.bisect_right
         while len(picked) < n:
-            item = pool[int(draw() * size)]
+            item = pool[min(find(cumulative, draw() * total), size - 1)]
             if item != target and item not in exclude and item not in picked:
                 picked.append(item)
         return picked
@@ -538,7 +578,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           templates_per_example: int | str = 1,
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
                           context: str | ContextFn | None = None, neg99: str = "scenarios",
-                          max_eval_examples: int | None = None, train_passes: int = 1
+                          max_eval_examples: int | None = None, train_passes: int = 1,
+                          negative_popularity: float = 0.0
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -547,7 +588,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
-        train_passes=train_passes)
+        train_passes=train_passes, negative_popularity=negative_popularity)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
