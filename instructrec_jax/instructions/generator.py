@@ -30,9 +30,9 @@ per record there are only dictionary lookups, joins and one `str.format_map`.
 
 from __future__ import annotations
 
-import dataclasses
 import bisect
 import collections
+import dataclasses
 import datetime
 import itertools
 import random
@@ -268,8 +268,8 @@ class _TypeBuilder:
                 return rng.sample(allowed, min(n, len(allowed)))
             # Weighted sampling without replacement (Efraimidis–Spirakis keys u^(1/w)).
             counts = self.cat.train_counts
-            keyed = sorted(allowed, key=lambda i: rng.random() ** ((counts.get(i, 0) + 1.0) ** -beta),
-                           reverse=True)
+            keyed = sorted(allowed, reverse=True,
+                           key=lambda i: rng.random() ** ((counts.get(i, 0) + 1.0) ** -beta))
             return keyed[:n]
         size, draw = len(pool), rng.random  # random() is several times cheaper than randrange()
         if beta == 0.0:
