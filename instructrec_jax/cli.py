@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect-task": ("instructrec_jax.inspect_task", "print examples and statistics of a SeqIO task"),
     "train": ("instructrec_jax.train", "gin-configured T5X-style fine-tuning"),
     "eval": ("instructrec_jax.evaluate", "paper-protocol ranking evaluation of a checkpoint"),
+    "compare": ("instructrec_jax.compare", "paired bootstrap of two methods' per-example eval rankings"),
     "infer": ("instructrec_jax.infer", "batched score/predict inference to JSONL"),
     "recommend": ("instructrec_jax.recommend", "rank items for a user's history and/or request"),
     "convert-checkpoint": ("instructrec_jax.checkpoints.convert", "import/export HF and T5X checkpoints"),

@@ -212,9 +212,37 @@ def _mean_metrics(runs: list[metrics.RankingMetrics]) -> dict[str, Any]:
     return out
 
 
-def _llm_split_results(scorer, records, config: EvalConfig, item_texts, scored=None) -> dict[str, Any]:
+def ranking_row(key: str, user_id: str, candidates: Sequence[str], label_index: int, scores,
+                template_id: str | None = None) -> dict[str, Any]:
+    """One line of a rankings file: an evaluation example, its candidates and what a method scored."""
+    row: dict[str, Any] = {"example": key, "user_id": user_id, "candidates": list(candidates),
+                           "label_index": int(label_index),
+                           "scores": [float(v) for v in np.asarray(scores, dtype=np.float64)]}
+    if template_id is not None:
+        row["template_id"] = template_id
+    return row
+
+
+def write_rankings(directory: Path, scenario: str, split: str, method: str, rows: Sequence[dict]) -> Path:
+    """`directory/scenario/split/method.jsonl`, one `ranking_row` per line, written atomically."""
+    from instructrec_jax.atomic import write_text_atomic
+
+    path = Path(directory) / scenario / split / f"{method}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def baseline_file_name(name: str, index: int, config: EvalConfig) -> str:
+    """A baseline's rankings file stem: SASRec's name its seed (one file per seed), others their name."""
+    return f"{name}-seed{config.sasrec_seeds[index]}" if name == "sasrec" else name
+
+
+def _llm_split_results(scorer, records, config: EvalConfig, item_texts, scored=None, *,
+                       with_rows: bool = False) -> dict[str, Any]:
     """Overall and per-template metrics of the LLM on one split's records (`scored`: the records
-    already scored, e.g. reweighted by a calibrated prior)."""
+    already scored, e.g. reweighted by a calibrated prior); with `with_rows`, also "rows": one
+    `ranking_row` per record, as ranked."""
     kwargs = dict(tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks)
     if config.negatives == 99 and config.neg99_protocol == "groups":
         from instructrec_jax.instructions.generator import candidate_groups, with_candidates
@@ -234,9 +262,18 @@ def _llm_split_results(scorer, records, config: EvalConfig, item_texts, scored=N
         def measure(pairs):
             return metrics.evaluate_rankings([r for _, r in pairs], [e.label_index for e, _ in pairs], **kwargs)
 
-        return {"overall": measure(rows), "by_template": {t: measure(p) for t, p in by_template.items()}}
-    results = ranking.evaluate_scored(scorer.score_records(records) if scored is None else scored, **kwargs)
-    return {"overall": results.overall, "by_template": results.by_template}
+        out = {"overall": measure(rows), "by_template": {t: measure(p) for t, p in by_template.items()}}
+        if with_rows:
+            out["rows"] = [ranking_row(example_key(e.key), originals[e.key].user_id, e.candidates, e.label_index, row,
+                                       originals[e.key].template_id) for e, row in rows]
+        return out
+    scored = scorer.score_records(records) if scored is None else scored
+    results = ranking.evaluate_scored(scored, **kwargs)
+    out = {"overall": results.overall, "by_template": results.by_template}
+    if with_rows:
+        out["rows"] = [ranking_row(example_key(s.example_id), s.user_id, s.candidates, s.label_index, s.scores,
+                                   s.template_id) for s in scored]
+    return out
 
 
 def _calibrates(scorer, config: EvalConfig) -> bool:
@@ -246,8 +283,13 @@ def _calibrates(scorer, config: EvalConfig) -> bool:
 
 
 def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateScorer | None,
-                     config: EvalConfig = EvalConfig(), *, progress=print) -> dict[str, Any]:
-    """Evaluates the LLM (if `scorer`) and the baselines on every configured scenario and split."""
+                     config: EvalConfig = EvalConfig(), *, progress=print,
+                     rankings_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluates the LLM (if `scorer`) and the baselines on every configured scenario and split.
+
+    With `rankings_dir`, every method's per-example scores go to `write_rankings` files (the LLM:
+    every template's record, scored as ranked, i.e. with the prior weight chosen on validation;
+    SASRec: one file per seed), for paired comparisons (`instructrec compare`)."""
     from instructrec_jax.data.preprocess import load_prepared
     from instructrec_jax.instructions.storage import read_item_texts, read_manifest
 
@@ -288,9 +330,17 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                 records = hard_negative_records(records, data, retriever, item_texts, split,
                                                 seed=config.hard_negative_seed)
             queries = baseline_queries(records, data, split)
+            labels = [q.label_index for q in queries]
             for name, models in fitted.items():
-                runs = [baselines.evaluate_baseline(m, queries, tie_rule=config.tie_rule,
-                                                    hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks) for m in models]
+                runs = []
+                for index, model in enumerate(models):
+                    scores = baselines.score_queries(model, queries)
+                    runs.append(metrics.evaluate_rankings(scores, labels, tie_rule=config.tie_rule,
+                                                          hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks))
+                    if rankings_dir is not None:
+                        write_rankings(rankings_dir, scenario, split, baseline_file_name(name, index, config),
+                                       [ranking_row(q.example_id, q.user_id, q.candidates, q.label_index, v)
+                                        for q, v in zip(queries, scores)])
                 entry["methods"].setdefault(name, {})[split] = _mean_metrics(runs)
             if scorer is not None:
                 t0 = time.perf_counter()
@@ -308,7 +358,10 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                                  f"({config.select_metric} {grid[weight]:.4f})")
                     without = ranking.reweighted(scored, 0.0, scorer.config.reduction)
                     scored = ranking.reweighted(scored, calibration["prior_weight"], scorer.config.reduction)
-                llm[split] = _llm_split_results(scorer, records, config, item_texts, scored)
+                llm[split] = _llm_split_results(scorer, records, config, item_texts, scored,
+                                                with_rows=rankings_dir is not None)
+                if rankings_dir is not None:
+                    write_rankings(rankings_dir, scenario, split, LLM_METHOD, llm[split].pop("rows"))
                 if calibrate:  # what the prior adds: the same records ranked by the likelihood alone
                     llm[split]["without_prior"] = ranking.evaluate_scored(
                         without, tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks).overall
@@ -454,8 +507,10 @@ def evaluate(
     bucket_step: int = 64,
     task_feature_lengths: dict | None = None,
     plot: bool = True,
+    write_rankings: bool = False,
 ) -> dict[str, Any]:
-    """`instructrec eval`: load the checkpoint (if any), evaluate, write metrics.json/results.md/png."""
+    """`instructrec eval`: load the checkpoint (if any), evaluate, write metrics.json/results.md/png
+    (and with `write_rankings`, the per-example `rankings/` folder, replaced as a whole)."""
     path, named = resolve_dataset(dataset, mixture_or_task_name)
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 64})
     config = EvalConfig(
@@ -487,7 +542,13 @@ def evaluate(
             data = load_prepared(path)
             item_prior = ranking.popularity_log_prior(fit_popularity(data.train).counts, data.items)
         scorer = ranking.CandidateScorer(model, params, tokenizer, scoring_config, item_log_prior=item_prior)
-    report = evaluate_dataset(path, scorer, config)
+    if write_rankings:
+        from instructrec_jax.atomic import atomic_directory
+
+        with atomic_directory(Path(output_dir) / "rankings", overwrite=True) as rankings_dir:
+            report = evaluate_dataset(path, scorer, config, rankings_dir=rankings_dir)
+    else:
+        report = evaluate_dataset(path, scorer, config)
     report["checkpoint"] = checkpoint_path
     paths = write_outputs(report, output_dir, plot=plot)
     print((Path(paths["table"])).read_text(encoding="utf-8"))

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from fixture_files import write_ml100k
-from instructrec_jax import baselines, evaluate, metrics, ranking
+# `infer` registers gin configurables on import, which gin refuses once an earlier test's `main` has
+# locked the config: import it here, not inside the test (the file then passes on its own too).
+from instructrec_jax import baselines, evaluate, infer, metrics, ranking
 from instructrec_jax.baselines.popularity import fit_popularity
 from instructrec_jax.instructions.format import SCENARIOS, neg99_name
 from ranking_fixtures import CharTokenizer, KnownScoreModel
@@ -186,7 +188,6 @@ def test_bad_settings_are_refused_with_the_reason(prepared, tmp_path):
 
 def test_registered_tasks_name_the_dataset_and_feed_inference(prepared):
     import instructrec_jax.tasks as tasks
-    from instructrec_jax import infer
     from instructrec_jax.instructions.storage import read_instructions
 
     entry = tasks.register_prepared_dataset(prepared)
@@ -247,3 +248,69 @@ def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):
     # A huge weight ranks by popularity alone: the same validation NDCG@5 as the popularity baseline.
     assert grid[-30.0] == pytest.approx(methods["popularity"]["validation"]["NDCG@5"], abs=0.02)
     assert "chosen on validation" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def _rows_metric(path, metric="HR@1", template=None, tie_rule="pessimistic"):
+    """The mean of `metric` over a rankings file's rows (of one template), recomputed by hand."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if template is not None:
+        rows = [r for r in rows if r["template_id"] == template]
+    values = [metrics.example_metrics(r["scores"], r["label_index"], tie_rule=tie_rule)[metric] for r in rows]
+    return float(np.mean(values)), rows
+
+
+def test_rankings_files_reproduce_every_methods_figures_on_the_same_candidates(prepared, tmp_path):
+    config = evaluate.EvalConfig(scenarios=("sequential",), baselines=FAST_BASELINES, max_examples=12)
+    report = evaluate.evaluate_dataset(prepared, _known_scorer(), config, progress=lambda m: None,
+                                       rankings_dir=tmp_path)
+    methods = report["scenarios"]["sequential"]["methods"]
+    best = methods["instructrec"]["best_template"]
+    candidates = {}
+    for split in ("validation", "test"):
+        folder = tmp_path / "sequential" / split
+        assert sorted(p.name for p in folder.iterdir()) == ["instructrec.jsonl", "itemknn.jsonl", "popularity.jsonl"]
+        for name in FAST_BASELINES:
+            for metric in ("HR@1", "NDCG@5"):
+                mean, rows = _rows_metric(folder / f"{name}.jsonl", metric)
+                assert mean == pytest.approx(methods[name][split][metric])
+            assert len(rows) == 12
+            for row in rows:  # every method ranks the same candidates of the same examples
+                assert candidates.setdefault(row["example"], (row["candidates"], row["label_index"])) == (
+                    row["candidates"], row["label_index"])
+        for template, want in methods["instructrec"][split]["by_template"].items():
+            mean, rows = _rows_metric(folder / "instructrec.jsonl", "NDCG@5", template)
+            assert mean == pytest.approx(want["NDCG@5"]) and len(rows) == 12
+            assert all(candidates[r["example"]] == (r["candidates"], r["label_index"]) for r in rows)
+    mean, _ = _rows_metric(tmp_path / "sequential" / "test" / "instructrec.jsonl", "HR@1", best)
+    assert mean == pytest.approx(methods["instructrec"]["test_best_template"]["HR@1"])
+
+
+def test_rankings_of_the_99_negative_groups_protocol_are_the_final_rows(prepared, tmp_path):
+    config = evaluate.EvalConfig(scenarios=("sequential",), splits=("test",), baselines=(), negatives=99,
+                                 neg99_protocol="groups", max_examples=3)
+    report = evaluate.evaluate_dataset(prepared, _known_scorer(), config, progress=lambda m: None,
+                                       rankings_dir=tmp_path)
+    mean, rows = _rows_metric(tmp_path / "sequential" / "test" / "instructrec.jsonl", "NDCG@5")
+    assert mean == pytest.approx(report["scenarios"]["sequential"]["methods"]["instructrec"]["test"]["overall"]["NDCG@5"])
+    assert {len(r["candidates"]) for r in rows} == {100} and len(rows) == 3 * 3
+    assert all("/g" not in r["example"] for r in rows)
+
+
+def test_gin_entry_writes_rankings_that_compare_reads(prepared, tmp_path, capsys):
+    from instructrec_jax import compare
+
+    stale = tmp_path / "eval" / "rankings" / "sequential" / "test" / "sasrec-seed0.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("left by an earlier run\n", encoding="utf-8")
+    report, out = _evaluate_tiny(prepared, tmp_path, "--gin.WRITE_RANKINGS=True")
+    folder = out / "rankings" / "sequential" / "test"
+    assert sorted(p.name for p in folder.iterdir()) == ["instructrec.jsonl", "popularity.jsonl"]  # replaced whole
+    assert compare.main([f"{out}:instructrec", f"{out}:popularity", "--resamples", "200", "--bins", "2",
+                         "--json", str(tmp_path / "cmp.json")]) == 0
+    result = json.loads((tmp_path / "cmp.json").read_text(encoding="utf-8"))
+    methods = report["scenarios"]["sequential"]["methods"]
+    assert result["examples"] == 8
+    assert result["metrics"]["HR@1"]["mean_a"] == pytest.approx(methods["instructrec"]["test_best_template"]["HR@1"])
+    assert result["metrics"]["NDCG@5"]["mean_b"] == pytest.approx(methods["popularity"]["test"]["NDCG@5"])
+    assert sum(row["examples"] for row in result["by_target_popularity"]) == 8
+    assert "paired examples" in capsys.readouterr().out

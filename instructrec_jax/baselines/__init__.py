@@ -102,6 +102,11 @@ def queries_from_split(
     return queries
 
 
+def score_queries(baseline: Baseline, queries: Sequence[RankingQuery]) -> list[np.ndarray]:
+    """One score vector per query, over its candidates in their listed order."""
+    return baseline.score([q.history for q in queries], [q.candidates for q in queries])
+
+
 def evaluate_baseline(
     baseline: Baseline,
     queries: Sequence[RankingQuery],
@@ -111,7 +116,7 @@ def evaluate_baseline(
     ndcg_ks: Sequence[int] = metrics.PAPER_NDCG_KS,
 ) -> metrics.RankingMetrics:
     """Scores every query's candidates with `baseline` and measures them with `evaluate_rankings`."""
-    scores = baseline.score([q.history for q in queries], [q.candidates for q in queries])
+    scores = score_queries(baseline, queries)
     return metrics.evaluate_rankings(
         scores, [q.label_index for q in queries], hr_ks=hr_ks, ndcg_ks=ndcg_ks, tie_rule=tie_rule
     )
