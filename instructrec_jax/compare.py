@@ -219,8 +219,10 @@ def format_comparison(result: Mapping[str, Any]) -> str:
              f"{'metric':<8} {'A':>7} {'B':>7} {'A − B':>8}  {round(first['confidence'] * 100)}% interval"
              f"{'':>8} {'p':>6}  A better / B better / tied"]
     for name, m in result["metrics"].items():
+        # no resampled mean on the other side of zero: p is below what the resamples can resolve
+        p = f"{m['p_two_sided']:6.4f}" if m["p_two_sided"] > 0 else f"<{1 / m['resamples']:g}".rjust(6)
         lines.append(f"{name:<8} {m['mean_a']:7.4f} {m['mean_b']:7.4f} {m['diff']:+8.4f}  "
-                     f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]  {m['p_two_sided']:6.4f}  "
+                     f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]  {p}  "
                      f"{m['a_better']} / {m['b_better']} / {m['tied']}")
     if result.get("by_target_popularity"):
         lines += ["", "by the true item's training count (quantile bins):",

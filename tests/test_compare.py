@@ -36,6 +36,8 @@ def test_paired_bootstrap_edges_and_spread():
     assert (same["diff"], same["ci_low"], same["ci_high"], same["p_two_sided"]) == (0.0, 0.0, 0.0, 1.0)
     assert same["tied"] == 3
     win = compare.paired_bootstrap(np.ones(50), np.zeros(50), resamples=500)
+    assert "<0.002" in compare.format_comparison({"a": "x", "a_source": "", "b": "y", "b_source": "", "examples": 50,
+                                                  "metrics": {"HR@1": win}})
     assert (win["diff"], win["ci_low"], win["ci_high"], win["p_two_sided"], win["a_better"]) == (1, 1, 1, 0, 50)
     rng = np.random.default_rng(3)
     a, b = rng.random(2000), rng.random(2000) + 0.02
@@ -68,6 +70,11 @@ def test_methods_are_compared_per_example_with_seeds_averaged_and_the_validation
     assert result["metrics"]["HR@1"]["a_better"] == 1 and result["metrics"]["HR@1"]["b_better"] == 1
     assert sum(r["examples"] for r in result["by_target_popularity"]) == 2
     assert "A better / B better / tied" in compare.format_comparison(result)
+    clear = compare.compare(compare.load_method(folder, "instructrec", metric_names=["HR@1"], template="pref-02"),
+                            a, ["HR@1"], resamples=100)
+    assert clear["metrics"]["HR@1"]["p_two_sided"] == 1.0  # e1 lost, e2 won: no difference
+    always = compare.compare(b, b, ["HR@1"], resamples=100)
+    assert " 1.0000 " in compare.format_comparison(always)
 
 
 def test_ties_follow_the_runs_tie_rule(tmp_path):
