@@ -223,7 +223,7 @@ def ranking_row(key: str, user_id: str, candidates: Sequence[str], label_index: 
     return row
 
 
-def write_rankings(directory: Path, scenario: str, split: str, method: str, rows: Sequence[dict]) -> Path:
+def save_rankings(directory: Path, scenario: str, split: str, method: str, rows: Sequence[dict]) -> Path:
     """`directory/scenario/split/method.jsonl`, one `ranking_row` per line, written atomically."""
     from instructrec_jax.atomic import write_text_atomic
 
@@ -287,7 +287,7 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                      rankings_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluates the LLM (if `scorer`) and the baselines on every configured scenario and split.
 
-    With `rankings_dir`, every method's per-example scores go to `write_rankings` files (the LLM:
+    With `rankings_dir`, every method's per-example scores go to `save_rankings` files (the LLM:
     every template's record, scored as ranked, i.e. with the prior weight chosen on validation;
     SASRec: one file per seed), for paired comparisons (`instructrec compare`)."""
     from instructrec_jax.data.preprocess import load_prepared
@@ -338,9 +338,9 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                     runs.append(metrics.evaluate_rankings(scores, labels, tie_rule=config.tie_rule,
                                                           hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks))
                     if rankings_dir is not None:
-                        write_rankings(rankings_dir, scenario, split, baseline_file_name(name, index, config),
-                                       [ranking_row(q.example_id, q.user_id, q.candidates, q.label_index, v)
-                                        for q, v in zip(queries, scores)])
+                        save_rankings(rankings_dir, scenario, split, baseline_file_name(name, index, config),
+                                      [ranking_row(q.example_id, q.user_id, q.candidates, q.label_index, v)
+                                       for q, v in zip(queries, scores)])
                 entry["methods"].setdefault(name, {})[split] = _mean_metrics(runs)
             if scorer is not None:
                 t0 = time.perf_counter()
@@ -361,7 +361,7 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                 llm[split] = _llm_split_results(scorer, records, config, item_texts, scored,
                                                 with_rows=rankings_dir is not None)
                 if rankings_dir is not None:
-                    write_rankings(rankings_dir, scenario, split, LLM_METHOD, llm[split].pop("rows"))
+                    save_rankings(rankings_dir, scenario, split, LLM_METHOD, llm[split].pop("rows"))
                 if calibrate:  # what the prior adds: the same records ranked by the likelihood alone
                     llm[split]["without_prior"] = ranking.evaluate_scored(
                         without, tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks).overall
