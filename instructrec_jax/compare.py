@@ -82,7 +82,8 @@ def _read_rows(path: Path, template: str | None) -> dict[str, dict[str, Any]]:
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise ValueError(f"{path}:{number}: expected a JSON object with example, candidates, "
                                  f"label_index and scores ({error})") from None
-            if len(scores) != len(candidates) or not 0 <= label < len(candidates):
+            if not isinstance(label, int) or not isinstance(scores, list) or len(scores) != len(candidates) \
+                    or not 0 <= label < len(candidates):
                 raise ValueError(f"{path}:{number}: {len(scores)} scores for {len(candidates)} candidates, "
                                  f"true position {label}")
             if template is not None and row.get("template_id") != template:

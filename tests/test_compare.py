@@ -109,6 +109,9 @@ def test_bad_files_and_arguments_get_clear_errors(tmp_path, capsys):
     bad.write_text(json.dumps(_row("e1", [1, 0])) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"itemknn.jsonl:1: 2 scores for 4 candidates"):
         compare.load_method(folder, "itemknn")
+    bad.write_text(json.dumps({**_row("e1", [1, 0, 0, 0]), "label_index": "0"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"itemknn.jsonl:1: 4 scores for 4 candidates, true position 0"):
+        compare.load_method(folder, "itemknn")
     with pytest.raises(FileNotFoundError, match=r"no rankings of method 'sasrec'.*'itemknn', 'popularity'"):
         compare.load_method(folder, "sasrec")
     with pytest.raises(FileNotFoundError, match="WRITE_RANKINGS"):
@@ -116,6 +119,6 @@ def test_bad_files_and_arguments_get_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown metric 'AUC'"):
         compare.parse_metric_names(["HR@1", "AUC"])
     assert compare.main([f"{folder}:popularity", f"{folder}:itemknn", "--bins", "0"]) == 1
-    assert "2 scores for 4 candidates" in capsys.readouterr().err
+    assert "4 scores for 4 candidates, true position 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare.main([str(folder), f"{folder}:popularity"])
