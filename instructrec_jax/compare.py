@@ -14,9 +14,16 @@ are compared here example by example:
 - the mean difference gets a paired bootstrap confidence interval (examples resampled with
   replacement, the same draw for both methods) and the counts of examples each side wins;
 - a breakdown by the true item's training popularity (quantile bins of its training count) shows
-  where the difference comes from.
+  where the difference comes from;
+- a side may name several eval folders, comma-separated (`seed0/eval,seed1/eval:instructrec`: one
+  model trained with several seeds): each folder's per-example metrics are computed as above (the
+  LLM with each run's own validation template) and averaged per example, so the side's means are
+  the mean over its runs. The bootstrap then resamples examples of that seed-averaged model: it
+  says how sure the test split makes the difference of the two averages, not how another set of
+  seeds would land.
 
     instructrec compare runs/model_eval:instructrec runs/baselines_eval:sasrec --scenario sequential
+    instructrec compare s0/eval,s1/eval,s2/eval:instructrec runs/baselines_eval:sasrec
 """
 
 from __future__ import annotations
@@ -141,6 +148,31 @@ def load_method(eval_dir: str | Path, method: str, *, scenario: str = "sequentia
     return MethodRankings(name, str(eval_dir), per_example, candidates)
 
 
+def load_runs(eval_dirs: Sequence[str | Path], method: str, **kwargs) -> MethodRankings:
+    """`load_method` on each folder (one model trained with several seeds, say), the per-example
+    metrics averaged over the folders; every folder must hold the same examples and candidates."""
+    if not eval_dirs:
+        raise ValueError("load_runs: no eval folders given")
+    runs = [load_method(folder, method, **kwargs) for folder in eval_dirs]
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    for run in runs[1:]:
+        if set(run.per_example) != set(first.per_example):
+            raise ValueError(f"{run.source} and {first.source} hold different examples "
+                             f"({len(run.per_example)} and {len(first.per_example)}): runs averaged "
+                             "together must be evaluated on the same split")
+        for key, cands in first.candidates.items():
+            if run.candidates[key] != cands:
+                raise ValueError(f"example {key!r} has different candidates or true item in {run.source} "
+                                 f"and {first.source}: runs averaged together need the same candidate sets")
+    per_example = {key: {name: float(np.mean([run.per_example[key][name] for run in runs])) for name in values}
+                   for key, values in first.per_example.items()}
+    details = [run.name[len(method):].strip(" ()") for run in runs]
+    name = f"{method} ({len(runs)} runs" + (f": {', '.join(details)})" if any(details) else ")")
+    return MethodRankings(name, ", ".join(run.source for run in runs), per_example, dict(first.candidates))
+
+
 def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 10_000,
                      seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
     """Mean of a − b over paired examples, its bootstrap percentile interval and how often the
@@ -245,17 +277,19 @@ def _training_counts(eval_dir: Path, prepared_dir: str | None) -> dict[str, int]
     return dict(fit_popularity(load_prepared(Path(path)).train).counts)
 
 
-def _side(spec: str) -> tuple[Path, str]:
-    folder, sep, method = spec.rpartition(":")
-    if not sep or not folder or not method:
-        raise argparse.ArgumentTypeError(f"expected EVAL_DIR:METHOD (e.g. runs/eval:sasrec), got {spec!r}")
-    return Path(folder), method
+def _side(spec: str) -> tuple[list[Path], str]:
+    folders, sep, method = spec.rpartition(":")
+    names = folders.split(",")
+    if not sep or not method or not all(names):
+        raise argparse.ArgumentTypeError(f"expected EVAL_DIR[,EVAL_DIR…]:METHOD (e.g. runs/eval:sasrec), got {spec!r}")
+    return [Path(name) for name in names], method
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="instructrec compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", type=_side, help="EVAL_DIR:METHOD, e.g. runs/model_eval:instructrec")
+    parser.add_argument("a", type=_side, help="EVAL_DIR:METHOD, e.g. runs/model_eval:instructrec; several "
+                        "comma-separated folders (seeds of one model) are averaged per example")
     parser.add_argument("b", type=_side, help="EVAL_DIR:METHOD, e.g. runs/baselines_eval:sasrec")
     parser.add_argument("--scenario", default="sequential")
     parser.add_argument("--split", default="test")
@@ -271,9 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
     try:
         parse_metric_names(names)
-        sides = [load_method(folder, method, scenario=args.scenario, split=args.split, metric_names=names,
-                             template=args.template) for folder, method in (args.a, args.b)]
-        counts = _training_counts(args.a[0], args.prepared_dir) if args.bins > 0 else None
+        sides = [load_runs(folders, method, scenario=args.scenario, split=args.split, metric_names=names,
+                           template=args.template) for folders, method in (args.a, args.b)]
+        counts = _training_counts(args.a[0][0], args.prepared_dir) if args.bins > 0 else None
         result = compare(*sides, names, resamples=args.resamples, seed=args.seed, confidence=args.confidence,
                          item_counts=counts, bins=args.bins)
     except (ValueError, FileNotFoundError) as error:

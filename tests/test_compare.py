@@ -122,3 +122,43 @@ def test_bad_files_and_arguments_get_clear_errors(tmp_path, capsys):
     assert "4 scores for 4 candidates, true position 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare.main([str(folder), f"{folder}:popularity"])
+
+
+def test_several_runs_of_one_side_are_averaged_per_example_each_with_its_own_template(tmp_path):
+    # seed 0 chose pref-01 on validation, seed 1 pref-02; e1: hit in seed 0 only, e2: hit in both
+    seed0 = _write_eval(tmp_path / "s0", {"instructrec": [
+        _row("e1", [3, 1, 0, 0], template="pref-01"), _row("e2", [5, 1, 0, 0], template="pref-01"),
+        _row("e1", [9, 1, 0, 0], template="pref-02"), _row("e2", [9, 1, 0, 0], template="pref-02")]})
+    seed1 = _write_eval(tmp_path / "s1", {"instructrec": [
+        _row("e1", [9, 1, 0, 0], template="pref-01"), _row("e2", [0, 9, 0, 0], template="pref-01"),
+        _row("e1", [0, 1, -1, -1], template="pref-02"), _row("e2", [4, 1, 0, 0], template="pref-02")]},
+        best_template="pref-02")
+    both = compare.load_runs([seed0, seed1], "instructrec", metric_names=["HR@1", "MRR"])
+    assert both.per_example == {"e1": {"HR@1": 0.5, "MRR": 0.75}, "e2": {"HR@1": 1.0, "MRR": 1.0}}
+    assert both.name == "instructrec (2 runs: template pref-01, template pref-02)"
+    assert compare.load_runs([seed0], "instructrec").name == "instructrec (template pref-01)"
+    baseline = _write_eval(tmp_path / "b", {"popularity": [_row("e1", [0, 1, 0, 0]), _row("e2", [1, 0, 0, 0])]})
+    result = compare.compare(both, compare.load_method(baseline, "popularity", metric_names=["HR@1", "MRR"]),
+                             ["HR@1"], resamples=100)
+    assert result["metrics"]["HR@1"]["mean_a"] == 0.75 and result["metrics"]["HR@1"]["mean_b"] == 0.5
+    # the command line: comma-separated folders on one side
+    assert compare.main([f"{seed0},{seed1}:instructrec", f"{baseline}:popularity", "--bins", "0",
+                         "--json", str(tmp_path / "out.json")]) == 0
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert written["metrics"]["HR@1"]["mean_a"] == 0.75 and written["a"].startswith("instructrec (2 runs")
+
+
+def test_runs_averaged_together_must_hold_the_same_examples_and_candidates(tmp_path):
+    base = [_row("e1", [1, 0, 0, 0]), _row("e2", [1, 0, 0, 0])]
+    a = _write_eval(tmp_path / "a", {"itemknn": base})
+    fewer = _write_eval(tmp_path / "b", {"itemknn": base[:1]})
+    with pytest.raises(ValueError, match="hold different examples"):
+        compare.load_runs([a, fewer], "itemknn", metric_names=["HR@1"])
+    moved = _write_eval(tmp_path / "c", {"itemknn": [base[0], _row("e2", [0, 1, 0, 0], label=1)]})
+    with pytest.raises(ValueError, match="'e2' has different candidates or true item"):
+        compare.load_runs([a, moved], "itemknn", metric_names=["HR@1"])
+    with pytest.raises(ValueError, match="no eval folders"):
+        compare.load_runs([], "itemknn")
+    for spec in (f"{a},:itemknn", f",{a}:itemknn", f"{a}:", "itemknn"):
+        with pytest.raises(SystemExit):
+            compare.main([spec, f"{a}:itemknn"])
