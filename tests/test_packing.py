@@ -162,6 +162,11 @@ def test_benchmark_packs_with_the_trainers_packers():
     for bad in (["--pack-lengths", "128/32"], ["--pack-lengths", "512"], ["--lengths", "0/32"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+    names = lambda argv: [run[0] for run in bench.planned_runs(bench.parse_args(argv), ["jax", "torch"])]
+    assert names(["--pack"]) == ["ours", "ours packed", "transformers fp32"]
+    # --pack-only: no unpacked row (a microbatch count may divide the packed rows only)
+    assert names(["--pack-only", "--microbatches", "7"]) == ["ours packed", "transformers fp32"]
+    assert names([]) == ["ours", "transformers fp32"]
 
 
 def test_packing_stats_tool_prints_every_packer_with_fewer_rows_for_first_fit(capsys):

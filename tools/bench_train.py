@@ -299,6 +299,9 @@ def parse_args(argv):
     parser.add_argument("--remat", default="none")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--pack", action="store_true", help="also run ours on packed rows")
+    parser.add_argument("--pack-only", action="store_true",
+                        help="run ours on packed rows only (e.g. with a microbatch count that divides the "
+                             "packed rows but not the unpacked ones)")
     parser.add_argument("--packer", choices=("first_fit", "seqio"), default="first_fit",
                         help="how --pack packs the batch's examples (the trainer's DatasetConfig.packer)")
     parser.add_argument("--pack-lengths", default=None,
@@ -313,6 +316,7 @@ def parse_args(argv):
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.lengths = _lengths(parser, "--lengths", args.lengths)
+    args.pack = args.pack or args.pack_only
     args.pack_lengths = args.pack_lengths and _lengths(parser, "--pack-lengths", args.pack_lengths)
     if args.pack_lengths and any(p < l for p, l in zip(args.pack_lengths, args.lengths)):
         parser.error(f"--pack-lengths {args.pack_lengths[0]}/{args.pack_lengths[1]} is shorter than "
@@ -328,6 +332,24 @@ def _lengths(parser, flag, text):
     if inputs < 1 or targets < 1:
         parser.error(f"{flag} {text!r}: lengths must be positive")
     return inputs, targets
+
+
+def planned_runs(args, frameworks) -> list[tuple[str, str, list[str], str]]:
+    """(row name, framework, extra worker arguments, XLA flags) of each run, in order."""
+    runs = []
+    if "jax" in frameworks:
+        if not args.pack_only:
+            runs.append(("ours", "jax", [], args.xla_flags))
+        if args.pack:
+            extra = ["--pack", f"--packer={args.packer}"]
+            if args.pack_lengths:
+                extra.append("--pack-lengths={}/{}".format(*args.pack_lengths))
+            runs.append(("ours packed", "jax", extra, args.xla_flags))
+    if "torch" in frameworks:
+        runs.append(("transformers fp32", "torch", [], ""))
+        if args.torch_bf16:
+            runs.append(("transformers bf16", "torch", ["--torch-bf16"], ""))
+    return runs
 
 
 def run_worker(argv, framework, model, extra=(), xla_flags="") -> dict:
@@ -363,18 +385,7 @@ def main(argv=None) -> int:
               f"{'peak GF/s':>10}{'MFU':>7}{'RSS GiB':>8}{'end RSS':>8}")
     print(header)
     for model in args.models.split(","):
-        runs = []
-        if "jax" in frameworks:
-            runs.append(("ours", "jax", [], args.xla_flags))
-            if args.pack:
-                extra = ["--pack", f"--packer={args.packer}"]
-                if args.pack_lengths:
-                    extra.append("--pack-lengths={}/{}".format(*args.pack_lengths))
-                runs.append(("ours packed", "jax", extra, args.xla_flags))
-        if "torch" in frameworks:
-            runs.append(("transformers fp32", "torch", [], ""))
-            if args.torch_bf16:
-                runs.append(("transformers bf16", "torch", ["--torch-bf16"], ""))
+        runs = planned_runs(args, frameworks)
         results = {}
         for name, framework, extra, flags in runs:  # each row as soon as it is measured
             r = results[name] = run_worker(base, framework, model, extra, flags)
@@ -387,7 +398,7 @@ def main(argv=None) -> int:
                 with open(args.json_out, "a") as f:
                     f.write(json.dumps({"run": name, **r}) + "\n")
         torch_runs = [r for n, r in results.items() if n.startswith("transformers")]
-        if "ours" in results and torch_runs:
+        if torch_runs:
             best = max(torch_runs, key=lambda r: r["real_tokens_per_s"])
             for name in ("ours", "ours packed"):
                 if name in results:
