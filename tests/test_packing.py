@@ -167,6 +167,20 @@ def test_benchmark_packs_with_the_trainers_packers():
     # --pack-only: no unpacked row (a microbatch count may divide the packed rows only)
     assert names(["--pack-only", "--microbatches", "7"]) == ["ours packed", "transformers fp32"]
     assert names([]) == ["ours", "transformers fp32"]
+    # --repeats: the list forwards, then backwards, so drift weighs on both sides alike
+    runs = bench.planned_runs(bench.parse_args(["--pack-only", "--repeats", "3"]), ["jax", "torch"])
+    assert [(i, run[0]) for i, run in bench.repeated_runs(runs, 3)] == [
+        (0, "ours packed"), (0, "transformers fp32"), (1, "transformers fp32"), (1, "ours packed"),
+        (2, "ours packed"), (2, "transformers fp32")]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeats", "0"])
+    # each repeat's ratio is taken against that repeat's transformers run, not the best overall
+    rate = lambda x: {"real_tokens_per_s": x}
+    results = [(0, "ours packed", rate(300.0)), (0, "transformers fp32", rate(200.0)),
+               (1, "transformers fp32", rate(300.0)), (1, "ours packed", rate(330.0)),
+               (1, "transformers bf16", rate(100.0))]
+    assert bench.ratios_per_repeat(results, "ours packed") == pytest.approx([1.5, 1.1])
+    assert bench.ratios_per_repeat(results, "ours") == []
 
 
 def test_packing_stats_tool_prints_every_packer_with_fewer_rows_for_first_fit(capsys):

@@ -310,6 +310,10 @@ def parse_args(argv):
     parser.add_argument("--torch-optimizer", choices=("adafactor", "adamw"), default="adafactor")
     parser.add_argument("--torch-bf16", action="store_true", help="also run torch with bf16 autocast")
     parser.add_argument("--frameworks", default="jax,torch")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole list this many times, every other time in reverse order "
+                             "(A B, B A, A B, ...), and report each repeat's ratio and the median ones, "
+                             "so that drift of the machine during the run weighs on both sides alike")
     parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our runs")
     parser.add_argument("--json-out", default=None, help="append each run's full result (JSON line)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -317,6 +321,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.lengths = _lengths(parser, "--lengths", args.lengths)
     args.pack = args.pack or args.pack_only
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected at least 1")
     args.pack_lengths = args.pack_lengths and _lengths(parser, "--pack-lengths", args.pack_lengths)
     if args.pack_lengths and any(p < l for p, l in zip(args.pack_lengths, args.lengths)):
         parser.error(f"--pack-lengths {args.pack_lengths[0]}/{args.pack_lengths[1]} is shorter than "
@@ -352,6 +358,24 @@ def planned_runs(args, frameworks) -> list[tuple[str, str, list[str], str]]:
     return runs
 
 
+def repeated_runs(runs, repeats: int) -> list[tuple[int, tuple]]:
+    """(repeat index, run) in the order they are measured: the list forwards, then backwards, ..."""
+    return [(i, run) for i in range(repeats) for run in (runs if i % 2 == 0 else runs[::-1])]
+
+
+def ratios_per_repeat(results: list[tuple[int, str, dict]], name: str) -> list[float]:
+    """Each repeat's `name` real tokens/s over that repeat's best transformers run."""
+    ratios = []
+    for i in sorted({i for i, _, _ in results}):
+        rows = [(n, r) for j, n, r in results if j == i]
+        ours = [r for n, r in rows if n == name]
+        torch_runs = [r for n, r in rows if n.startswith("transformers")]
+        if ours and torch_runs:
+            best = max(r["real_tokens_per_s"] for r in torch_runs)
+            ratios.append(ours[0]["real_tokens_per_s"] / best)
+    return ratios
+
+
 def run_worker(argv, framework, model, extra=(), xla_flags="") -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     if xla_flags:
@@ -374,8 +398,8 @@ def main(argv=None) -> int:
     frameworks = args.frameworks.split(",")
     base, skip = [], False  # the workers' arguments: the driver-only options left out
     for a in argv:
-        if skip or a.startswith(("--pack", "--torch-bf16", "--json-out")):
-            skip = a in ("--json-out", "--packer", "--pack-lengths")
+        if skip or a.startswith(("--pack", "--torch-bf16", "--json-out", "--repeats")):
+            skip = a in ("--json-out", "--packer", "--pack-lengths", "--repeats")
             continue
         base.append(a)
     print(f"batch {args.batch}, lengths {args.lengths[0]}/{args.lengths[1]}, vocab {args.vocab}, "
@@ -385,25 +409,32 @@ def main(argv=None) -> int:
               f"{'peak GF/s':>10}{'MFU':>7}{'RSS GiB':>8}{'end RSS':>8}")
     print(header)
     for model in args.models.split(","):
-        runs = planned_runs(args, frameworks)
-        results = {}
-        for name, framework, extra, flags in runs:  # each row as soon as it is measured
-            r = results[name] = run_worker(base, framework, model, extra, flags)
-            print(f"{model + ' ' + name:<26}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10,.0f}"
+        results = []  # (repeat, row name, result), each row printed as soon as it is measured
+        for i, (name, framework, extra, flags) in repeated_runs(planned_runs(args, frameworks), args.repeats):
+            r = run_worker(base, framework, model, extra, flags)
+            results.append((i, name, r))
+            label = f"{model} {name}" + (f" #{i + 1}" if args.repeats > 1 else "")
+            print(f"{label:<26}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10,.0f}"
                   f"{r['real_tokens_per_s']:>11,.0f}{r['examples_per_s']:>7.1f}"
                   f"{r['matmul_peak_gflops']:>10.0f}{r['mfu']:>7.1%}{r['peak_rss_gib']:>8.2f}"
                   f"{r.get('end_rss_gib', float('nan')):>8.2f}",
                   flush=True)
             if args.json_out:
                 with open(args.json_out, "a") as f:
-                    f.write(json.dumps({"run": name, **r}) + "\n")
-        torch_runs = [r for n, r in results.items() if n.startswith("transformers")]
-        if torch_runs:
-            best = max(torch_runs, key=lambda r: r["real_tokens_per_s"])
-            for name in ("ours", "ours packed"):
-                if name in results:
-                    ratio = results[name]["real_tokens_per_s"] / best["real_tokens_per_s"]
-                    print(f"  {model}: {name} / best transformers run, real tokens/s: {ratio:.2f}x")
+                    f.write(json.dumps({"run": name, "repeat": i, **r}) + "\n")
+        for name in ("ours", "ours packed"):
+            ratios = ratios_per_repeat(results, name)
+            if len(ratios) == 1:
+                print(f"  {model}: {name} / best transformers run, real tokens/s: {ratios[0]:.2f}x")
+            elif ratios:
+                print(f"  {model}: {name} / best transformers run of the same repeat, real tokens/s: "
+                      + ", ".join(f"{x:.2f}x" for x in ratios)
+                      + f"; median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x")
+        if args.repeats > 1:
+            for name in dict.fromkeys(n for _, n, _ in results):
+                rates = [r["real_tokens_per_s"] for _, n, r in results if n == name]
+                print(f"  {model}: {name}: median {statistics.median(rates):,.0f} real tok/s "
+                      f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} runs)")
     return 0
 
 
