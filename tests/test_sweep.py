@@ -32,6 +32,16 @@ def test_committed_screen_configs_use_known_keys_and_misspelt_ones_are_refused()
         sweep.check_configs({"name": "a"})
 
 
+def test_shards_split_the_configs_without_overlap_and_bad_shards_are_refused():
+    configs = [{"name": str(i)} for i in range(7)]
+    shards = [sweep.shard_configs(configs, (i, 3)) for i in range(3)]
+    assert [[c["name"] for c in s] for s in shards] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
+    assert sweep.shard_configs(configs, sweep.parse_shard("0/1")) == configs
+    for bad in ("3/3", "-1/2", "1", "a/b"):
+        with pytest.raises(Exception, match="I/N"):
+            sweep.parse_shard(bad)
+
+
 def test_ranking_metrics_rank_ties_pessimistically():
     scores = np.array([[1.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     result = sweep.ranking_metrics(scores, np.array([0, 0, 0]))

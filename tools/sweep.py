@@ -5,6 +5,7 @@
         --seeds 0,1,2 --out /tmp/bundle.npz
     # anywhere JAX, flax, optax and gin run (e.g. a GPU machine without seqio or TensorFlow)
     python tools/sweep.py run --bundle /tmp/bundle.npz --configs configs.json --out results.jsonl
+    # several processes sharing one GPU (a small model leaves it mostly idle): --shard 0/4 ... 3/4
 
 `tools/ablate.py` measures a row with the real commands (seqio pipeline, Orbax checkpoints, the
 evaluator); that costs minutes per run on this CPU. This tool trades fidelity for speed so that
@@ -76,6 +77,24 @@ def check_configs(configs) -> None:
         if unknown:
             raise SystemExit(f"config {i} ({config.get('name')!r}): unknown keys {unknown}; "
                              f"known: {', '.join(CONFIG_KEYS)}")
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N: this process runs configs I, I + N, I + 2N, ..."""
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {value!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N in I/N, got {value!r}")
+    return index, count
+
+
+def shard_configs(configs: list, shard: tuple[int, int]) -> list:
+    """The configs one of N processes sharing a device runs: every N-th, starting at I, so the
+    list's first configs (the most wanted ones) start first in every process."""
+    index, count = shard
+    return configs[index::count]
 
 
 def shape_of(config: dict) -> dict:
@@ -305,7 +324,7 @@ def run(args) -> None:
         args.configs = open(args.configs, encoding="utf-8").read()
     configs = json.loads(args.configs)
     check_configs(configs)
-    for config in configs:
+    for config in shard_configs(configs, args.shard):
         result = run_config(config, bundle)
         line = json.dumps(result)
         print(f"{config.get('name')}: validation HR@1 {result['valid_HR@1']:.4f} NDCG@5 "
@@ -335,6 +354,8 @@ def main(argv=None) -> int:
     r.add_argument("--bundle", required=True)
     r.add_argument("--configs", required=True, help="a JSON list of configs, or a file holding one")
     r.add_argument("--out", help="JSON lines file the results are appended to")
+    r.add_argument("--shard", default=(0, 1), type=parse_shard,
+                   help="I/N: run every N-th config starting at I (N processes sharing one device)")
     args = parser.parse_args(argv)
     if args.command == "export":
         export(args)
