@@ -34,6 +34,15 @@ def test_encoding_is_the_tf_example_wire_format():
         assert storage.decode_record(example.SerializeToString()) == record
 
 
+def test_varints_match_protobufs_encoding_on_both_sides_of_the_lookup_table():
+    from google.protobuf.internal import encoder
+
+    for value in (0, 1, 127, 128, 300, storage._SMALL - 1, storage._SMALL, 2**40, 2**63 - 1, -1, -300):
+        expected = []
+        encoder._SignedVarintEncoder()(expected.append, value)
+        assert storage._varint(value) == b"".join(expected), value
+
+
 def test_decode_reads_unpacked_int64_lists_too():
     import tensorflow as tf
 

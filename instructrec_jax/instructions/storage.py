@@ -61,16 +61,7 @@ def __getattr__(name: str):
 def _varint(value: int) -> bytes:
     if 0 <= value < _SMALL:
         return _SMALL_VARINTS[value]
-    value &= (1 << 64) - 1  # negative int64: two's complement, ten bytes
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+    return _slow_varint(value & ((1 << 64) - 1))  # negative int64: two's complement, ten bytes
 
 
 def _slow_varint(value: int) -> bytes:
