@@ -79,3 +79,26 @@ def test_long_sequential_gin_is_the_measured_recipe():
         assert gin.query_parameter("%DATASET") == demo.DATASET_FOLDER
     finally:
         gin.clear_config()
+
+
+def test_long_neg19_gin_is_the_long_recipe_on_the_19_negative_dataset():
+    """gin/experiments/ml100k_long_neg19.gin = ml100k_long_sequential.gin (same schedule, steps,
+    batch) on the dataset prepared with --train-negatives 19, rows of 160 input tokens."""
+    import gin
+
+    from instructrec_jax import gin_flags
+
+    flags, _ = gin_flags.parse_gin_flags(["--gin_file=gin/experiments/ml100k_long_neg19.gin"])
+    gin.clear_config()
+    try:
+        gin_flags.configure_gin(flags, finalize=False)
+        assert gin.query_parameter("%DATASET") == "ml100kneg19"
+        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "instructrec_ml100kneg19_p1_i0_t3"
+        assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 160, "targets": 4}
+        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant * linear_decay"
+        assert gin.query_parameter("%LEARNING_RATE") == 0.01
+        assert gin.query_parameter("%TRAIN_STEPS") == 6000
+        assert gin.query_parameter("%BATCH_SIZE") == 32
+    finally:
+        gin.clear_config()
+
