@@ -132,3 +132,24 @@ def test_scores_equal_the_evaluators_and_a_short_run_reports_metrics(prepared, b
         sweep.run_config({"name": "wide", "steps": 1, "d_model": 256}, bundle)
     with pytest.raises(SystemExit, match="no initial parameters for seed 7"):
         sweep.run_config({"name": "seed", "steps": 1, "seed": 7}, bundle)
+
+
+def test_several_steps_per_call_train_the_same_steps_as_one_per_call(bundle):
+    """--steps-per-call K (lax.scan over K batches) = K separate calls: same parameters after 7
+    steps (two calls of 3, then one step), dropout included, and evaluation points honoured."""
+    import jax
+
+    config = {"name": "k", "steps": 7, "batch": 8, "dropout": 0.1, "lr": 0.01}
+    states = {}
+    for k in (1, 3):
+        out = []
+        sweep.run_config(config, bundle, log=lambda _: None, steps_per_call=k, final_state=out)
+        states[k] = out[0]
+    assert int(states[1].step) == int(states[3].step) == 7
+    for a, b in zip(jax.tree_util.tree_leaves(states[1].params), jax.tree_util.tree_leaves(states[3].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    curve = sweep.run_config({**config, "steps": 6, "eval_every": 4}, bundle, log=lambda _: None,
+                             steps_per_call=3)["curve"]
+    assert [point["step"] for point in curve] == [4]  # 3 + 1 steps, evaluated, then 2 single steps
+    with pytest.raises(SystemExit):
+        sweep.main(["run", "--bundle", "unused.npz", "--configs", "[]", "--steps-per-call", "0"])

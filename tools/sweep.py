@@ -5,7 +5,8 @@
         --seeds 0,1,2 --out /tmp/bundle.npz
     # anywhere JAX, flax, optax and gin run (e.g. a GPU machine without seqio or TensorFlow)
     python tools/sweep.py run --bundle /tmp/bundle.npz --configs configs.json --out results.jsonl
-    # several processes sharing one GPU (a small model leaves it mostly idle): --shard 0/4 ... 3/4
+    # several processes sharing one GPU (a small model leaves it mostly idle): --shard 0/4 ... 3/4;
+    # --steps-per-call K runs K optimiser steps per device call (lax.scan; the same steps)
 
 `tools/ablate.py` measures a row with the real commands (seqio pipeline, Orbax checkpoints, the
 evaluator); that costs minutes per run on this CPU. This tool trades fidelity for speed so that
@@ -88,6 +89,16 @@ def parse_shard(value: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"expected 0 <= I < N in I/N, got {value!r}")
     return index, count
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def shard_configs(configs: list, shard: tuple[int, int]) -> list:
@@ -225,7 +236,20 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     return {"HR@1": values["HR@1"], "NDCG@5": values["NDCG@5"]}
 
 
-def run_config(config: dict, bundle, log=print) -> dict:
+def make_multi_step(step_fn):
+    """(state, batches stacked [K, ...]) -> (state after K steps, the K losses): `lax.scan` of the
+    train step, so a call runs K optimiser steps with one dispatch. A demo-sized model leaves a
+    GPU idle between per-step calls; the steps and their order are the same."""
+    import jax
+
+    def multi_step(state, batches):
+        state, metrics = jax.lax.scan(step_fn, state, batches)
+        return state, metrics["loss"]
+
+    return multi_step
+
+
+def run_config(config: dict, bundle, log=print, steps_per_call: int = 1, final_state: list | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -250,8 +274,9 @@ def run_config(config: dict, bundle, log=print) -> dict:
         warmup_steps=config.get("warmup", 0), total_steps=steps)
     optimizer = optimizers.adafactor(schedule)
     state = train_state.init_train_state(params, optimizer)
-    step_fn = jax.jit(train_state.make_train_step(model.loss_fn, optimizer, dropout_seed=seed),
-                      donate_argnums=(0,))
+    one_step = train_state.make_train_step(model.loss_fn, optimizer, dropout_seed=seed)
+    step_fn = jax.jit(one_step, donate_argnums=(0,))
+    multi_fn = jax.jit(make_multi_step(one_step), donate_argnums=(0,)) if steps_per_call > 1 else None
     keep = bundle["train_pass"] < config.get("passes", 1)
     inputs, targets = bundle["train_inputs"][keep], bundle["train_targets"][keep]
     passes = bundle["train_pass"][keep]
@@ -262,9 +287,9 @@ def run_config(config: dict, bundle, log=print) -> dict:
     while len(order) < need:
         order = np.concatenate([order, rng.permutation(len(inputs))])
 
-    def features(enc, tgt):
+    def features(enc, tgt):  # [batch, length], or [K, batch, length] for K steps
         dec_in = np.zeros_like(tgt)
-        dec_in[:, 1:] = tgt[:, :-1]
+        dec_in[..., 1:] = tgt[..., :-1]
         return {"encoder_input_tokens": jnp.asarray(enc, jnp.int32),
                 "decoder_input_tokens": jnp.asarray(dec_in, jnp.int32),
                 "decoder_target_tokens": jnp.asarray(tgt, jnp.int32),
@@ -298,20 +323,36 @@ def run_config(config: dict, bundle, log=print) -> dict:
 
     start, curve, losses, eval_s = time.perf_counter(), [], [], 0.0
     every = config.get("eval_every", 0)
-    for step in range(steps):
-        idx = order[step * batch:(step + 1) * batch]
-        state, metrics = step_fn(state, features(inputs[idx], targets[idx]))
-        if (step + 1) % 500 == 0:
-            losses.append((step + 1, float(metrics["loss"])))
-        if every and (step + 1) % every == 0 and step + 1 < steps:
+    step = 0
+    while step < steps:
+        # K steps per call where K whole steps fit before the next evaluation and the end; the
+        # remainder one step per call (same steps, same order, same data either way).
+        stop = min(steps, (step // every + 1) * every) if every else steps
+        count = steps_per_call if multi_fn is not None and stop - step >= steps_per_call else 1
+        idx = order[step * batch:(step + count) * batch]
+        if count > 1:
+            idx = idx.reshape(count, batch)
+            state, chunk = multi_fn(state, features(inputs[idx], targets[idx]))
+            chunk = np.asarray(chunk)
+        else:
+            state, metrics = step_fn(state, features(inputs[idx], targets[idx]))
+            chunk = [metrics["loss"]]
+        for i, loss in enumerate(chunk):
+            if (step + i + 1) % 500 == 0:
+                losses.append((step + i + 1, float(loss)))
+        step += count
+        if every and step % every == 0 and step < steps:
             tick = time.perf_counter()
-            curve.append({"step": step + 1, **evaluate(state.params)})
+            curve.append({"step": step, **evaluate(state.params)})
             eval_s += time.perf_counter() - tick
-            log(f"  {config.get('name')}: step {step + 1} {curve[-1]}")
+            log(f"  {config.get('name')}: step {step} {curve[-1]}")
     train_s = time.perf_counter() - start - eval_s
     result = {"config": config, "train_s": round(train_s, 1), "examples": need,
               "distinct_training_records": int(len(inputs)), **evaluate(state.params),
-              "curve": curve, "loss": losses, "device": str(jax.devices()[0].platform)}
+              "curve": curve, "loss": losses, "device": str(jax.devices()[0].platform),
+              "steps_per_call": steps_per_call}
+    if final_state is not None:  # for tests: the trained state itself
+        final_state.append(state)
     return result
 
 
@@ -325,7 +366,7 @@ def run(args) -> None:
     configs = json.loads(args.configs)
     check_configs(configs)
     for config in shard_configs(configs, args.shard):
-        result = run_config(config, bundle)
+        result = run_config(config, bundle, steps_per_call=args.steps_per_call)
         line = json.dumps(result)
         print(f"{config.get('name')}: validation HR@1 {result['valid_HR@1']:.4f} NDCG@5 "
               f"{result['valid_NDCG@5']:.4f}; test HR@1 {result['HR@1']:.4f} NDCG@5 {result['NDCG@5']:.4f} "
@@ -354,6 +395,8 @@ def main(argv=None) -> int:
     r.add_argument("--bundle", required=True)
     r.add_argument("--configs", required=True, help="a JSON list of configs, or a file holding one")
     r.add_argument("--out", help="JSON lines file the results are appended to")
+    r.add_argument("--steps-per-call", default=1, type=_positive_int,
+                   help="K optimiser steps per device call (lax.scan over K batches; same steps)")
     r.add_argument("--shard", default=(0, 1), type=parse_shard,
                    help="I/N: run every N-th config starting at I (N processes sharing one device)")
     args = parser.parse_args(argv)
