@@ -58,47 +58,38 @@ def test_experiment_gin_files_name_the_demo_dataset():
         assert f"DATASET = '{demo.DATASET_FOLDER}'" in text, name
 
 
-def test_long_sequential_gin_is_the_measured_recipe():
-    """gin/experiments/ml100k_long_sequential.gin = the demo model, single task, linear decay from
-    1e-2 (the measured recipe)."""
+def _macros(gin_file: str, *names: str) -> dict:
+    """The values of gin macros after configuring one experiment file (gin cleared afterwards)."""
     import gin
 
     from instructrec_jax import gin_flags
 
-    flags, _ = gin_flags.parse_gin_flags(
-        ["--gin_file=gin/experiments/ml100k_long_sequential.gin"])
+    flags, _ = gin_flags.parse_gin_flags([f"--gin_file={gin_file}"])
     gin.clear_config()
     try:
         gin_flags.configure_gin(flags, finalize=False)
-        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "instructrec_ml100kdemo_p1_i0_t3"
-        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant * linear_decay"
-        assert gin.query_parameter("%WARMUP_STEPS") == 0
-        assert gin.query_parameter("%TRAIN_STEPS") == 6000
-        assert gin.query_parameter("%BATCH_SIZE") == 32
-        assert gin.query_parameter("%LEARNING_RATE") == 0.01
-        assert gin.query_parameter("%DATASET") == demo.DATASET_FOLDER
+        return {name: gin.query_parameter(f"%{name}") for name in names}
     finally:
         gin.clear_config()
+
+
+LONG_RECIPE = {"LEARNING_RATE_SCHEDULE": "constant * linear_decay", "WARMUP_STEPS": 0,
+               "TRAIN_STEPS": 6000, "BATCH_SIZE": 32, "LEARNING_RATE": 0.01}
+
+
+def test_long_sequential_gin_is_the_measured_recipe():
+    """gin/experiments/ml100k_long_sequential.gin = the demo model, single task, linear decay from
+    1e-2 (the measured recipe)."""
+    expected = {**LONG_RECIPE, "MIXTURE_OR_TASK_NAME": "instructrec_ml100kdemo_p1_i0_t3",
+                "DATASET": demo.DATASET_FOLDER}
+    assert _macros("gin/experiments/ml100k_long_sequential.gin", *expected) == expected
 
 
 def test_long_neg19_gin_is_the_long_recipe_on_the_19_negative_dataset():
     """gin/experiments/ml100k_long_neg19.gin = ml100k_long_sequential.gin (same schedule, steps,
-    batch) on the dataset prepared with --train-negatives 19, rows of 160 input tokens."""
-    import gin
-
-    from instructrec_jax import gin_flags
-
-    flags, _ = gin_flags.parse_gin_flags(["--gin_file=gin/experiments/ml100k_long_neg19.gin"])
-    gin.clear_config()
-    try:
-        gin_flags.configure_gin(flags, finalize=False)
-        assert gin.query_parameter("%DATASET") == "ml100kneg19"
-        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "instructrec_ml100kneg19_p1_i0_t3"
-        assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 160, "targets": 4}
-        assert gin.query_parameter("%LEARNING_RATE_SCHEDULE") == "constant * linear_decay"
-        assert gin.query_parameter("%LEARNING_RATE") == 0.01
-        assert gin.query_parameter("%TRAIN_STEPS") == 6000
-        assert gin.query_parameter("%BATCH_SIZE") == 32
-    finally:
-        gin.clear_config()
-
+    batch) on the dataset prepared with --train-negatives 19, rows of 160 input tokens: the
+    bindings of the ablation row's command."""
+    expected = {**LONG_RECIPE, "DATASET": "ml100kneg19",
+                "MIXTURE_OR_TASK_NAME": "instructrec_ml100kneg19_p1_i0_t3",
+                "TASK_FEATURE_LENGTHS": {"inputs": 160, "targets": 4}}
+    assert _macros("gin/experiments/ml100k_long_neg19.gin", *expected) == expected
