@@ -382,6 +382,43 @@ def test_popularity_weighted_training_negatives(data, negatives):
     assert mean_skewed > mean_flat + 0.5 * (expected_weighted - expected_uniform)
 
 
+@pytest.mark.parametrize("negatives", [9, 31])  # 31: the enumerate-the-pool branch
+def test_a_mix_of_popularity_weighted_and_uniform_training_negatives(data, negatives):
+    kwargs = dict(types=["p1_i0_t3"], seed=0, negatives=negatives)
+    uniform = generate_instructions(data, **kwargs)
+    hard = generate_instructions(data, negative_popularity=2.0, **kwargs)
+    # k = all of them is the unmixed draw, record for record
+    assert generate_instructions(data, negative_popularity=2.0, popular_negatives=negatives,
+                                 **kwargs) == hard
+    popular = 3
+    mixed = generate_instructions(data, negative_popularity=2.0, popular_negatives=popular,
+                                  **kwargs)
+    for split in ("validation", "test"):
+        assert mixed["p1_i0_t3"][split] == uniform["p1_i0_t3"][split]
+    # n distinct negatives per record, none of them the user's training items (checked inside)
+    drawn, counts = _training_negative_counts(mixed, "p1_i0_t3", data)
+    flat, _ = _training_negative_counts(uniform, "p1_i0_t3", data)
+    skewed, _ = _training_negative_counts(hard, "p1_i0_t3", data)
+    assert len(drawn) == negatives * len(data.train)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    # k of n drawn like `hard`, n − k like `uniform`: the mean count is the weighted mix
+    expected = (popular * mean(skewed) + (negatives - popular) * mean(flat)) / negatives
+    assert abs(mean(drawn) - expected) < 0.1 * (mean(skewed) - mean(flat))
+    assert mean(flat) < mean(drawn) < mean(skewed)
+    # the two kinds are shuffled together: the popular ones are not always listed first
+    firsts = [counts.get(next(c for i, c in enumerate(r.candidates) if i != r.label_index), 0)
+              for r in mixed["p1_i0_t3"]["train"]]
+    assert abs(mean(firsts) - mean(drawn)) < abs(mean(skewed) - mean(drawn))
+
+
+def test_popular_negatives_bad_values_are_refused():
+    with pytest.raises(ValueError, match="needs negative_popularity > 0"):
+        GeneratorOptions(popular_negatives=2)
+    for bad in (-1, 10, 2.5, "3"):
+        with pytest.raises(ValueError, match="popular_negatives must be an int"):
+            GeneratorOptions(negative_popularity=1.0, popular_negatives=bad)
+
+
 def test_negative_popularity_zero_is_the_uniform_default_and_bad_values_are_refused(data):
     default = generate_instructions(data, types=["p1_i0_t3", "p1_i0_t1"], seed=0)
     explicit = generate_instructions(data, types=["p1_i0_t3", "p1_i0_t1"], seed=0,

@@ -71,6 +71,9 @@ class GeneratorOptions:
     drawn with probability ∝ (its interactions in the training parts + 1)^β among the items the
     user never touched. 0 (the default) is uniform, as the evaluation sets are; 1 draws negatives
     about as popular as the true items are ("hard" negatives). Evaluation records never change.
+    popular_negatives: with negative_popularity β > 0, how many of each training record's
+    negatives are drawn that way; the others are drawn uniformly, and the two kinds are shuffled
+    together. None (the default): all of them.
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
@@ -89,6 +92,7 @@ class GeneratorOptions:
     max_eval_examples: int | None = None
     train_passes: int = 1
     negative_popularity: float = 0.0
+    popular_negatives: int | None = None
 
     def __post_init__(self):
         k = self.templates_per_example
@@ -105,6 +109,14 @@ class GeneratorOptions:
                 and 0.0 <= self.negative_popularity <= 4.0):
             raise ValueError("negative_popularity must be a number in [0, 4], got "
                              f"{self.negative_popularity!r}")
+        k = self.popular_negatives
+        if k is not None:
+            if not (isinstance(k, int) and 0 <= k <= self.negatives):
+                raise ValueError(f"popular_negatives must be an int in [0, negatives="
+                                 f"{self.negatives}] or None, got {k!r}")
+            if self.negative_popularity == 0.0:
+                raise ValueError("popular_negatives needs negative_popularity > 0 (the exponent "
+                                 "those negatives are drawn with)")
         if self.neg99 not in ("scenarios", "all", "none"):
             raise ValueError(f"neg99 must be 'scenarios', 'all' or 'none', got {self.neg99!r}")
         if self.context not in (None, "time") and not callable(self.context):
@@ -254,11 +266,27 @@ class _TypeBuilder:
     def _negatives(self, user_id: str, target: str, n: int) -> list[str]:
         """n distinct items outside the user's training part and ≠ target (fewer if the pool is
         too small to hold n; none at all is an error). Uniform over the pool, or for training
-        records with `negative_popularity` β > 0, ∝ (training count + 1)^β."""
-        exclude = self.cat.train_items.get(user_id, frozenset())
-        pool, rng = self.pool, self.rng
+        records with `negative_popularity` β > 0, ∝ (training count + 1)^β; with
+        `popular_negatives` k < n, k of them that way and n − k uniformly, shuffled together."""
         beta = 0.0 if self.evaluation else float(self.options.negative_popularity)
+        k = self.options.popular_negatives
+        if beta == 0.0 or k is None or k >= n:
+            return self._draw(user_id, target, n, beta)
+        popular = self._draw(user_id, target, k, beta)
+        mixed = popular + self._draw(user_id, target, n - k, 0.0, avoid=frozenset(popular))
+        self.rng.shuffle(mixed)
+        return mixed
+
+    def _draw(self, user_id: str, target: str, n: int, beta: float,
+              avoid: frozenset[str] = frozenset()) -> list[str]:
+        """n distinct negatives drawn with exponent β, none of them in `avoid`."""
+        exclude = self.cat.train_items.get(user_id, frozenset())
+        if avoid:
+            exclude = exclude | avoid
+        pool, rng = self.pool, self.rng
         picked: list[str] = []
+        if n == 0:
+            return picked
         if len(pool) - len(exclude) - 1 < 4 * n:  # small pool: enumerate instead of rejecting
             allowed = [i for i in pool if i not in exclude and i != target]
             if not allowed:
@@ -579,7 +607,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
                           context: str | ContextFn | None = None, neg99: str = "scenarios",
                           max_eval_examples: int | None = None, train_passes: int = 1,
-                          negative_popularity: float = 0.0
+                          negative_popularity: float = 0.0, popular_negatives: int | None = None
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -588,7 +616,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         templates_per_example=templates_per_example,
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
-        train_passes=train_passes, negative_popularity=negative_popularity)
+        train_passes=train_passes, negative_popularity=negative_popularity,
+        popular_negatives=popular_negatives)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
