@@ -483,7 +483,7 @@ def resolve_dataset(dataset: str | None, mixture_or_task_name: str | None) -> tu
 @gin.configurable
 def evaluate(
     model=None,
-    checkpoint_path: str | None = None,
+    checkpoint_path: str | Sequence[str] | None = None,
     output_dir: str = gin.REQUIRED,
     dataset: str | None = None,
     mixture_or_task_name: str | None = None,
@@ -510,7 +510,10 @@ def evaluate(
     write_rankings: bool = False,
 ) -> dict[str, Any]:
     """`instructrec eval`: load the checkpoint (if any), evaluate, write metrics.json/results.md/png
-    (and with `write_rankings`, the per-example `rankings/` folder, replaced as a whole)."""
+    (and with `write_rankings`, the per-example `rankings/` folder, replaced as a whole).
+
+    A list of checkpoint paths evaluates their ensemble (`ranking.CandidateScorer`: the mean of the
+    members' log-likelihoods); the members must all fit the one `model`."""
     path, named = resolve_dataset(dataset, mixture_or_task_name)
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 64})
     config = EvalConfig(
@@ -529,7 +532,13 @@ def evaluate(
 
         manifest = read_manifest(path)
         tokenizer = load_vocabulary(path / manifest.get("vocabulary", "spiece.model"))
-        params = load_params_for_inference(checkpoint_path, model)
+        if isinstance(checkpoint_path, (list, tuple)):
+            if not checkpoint_path:
+                raise ValueError("CHECKPOINT_PATH is an empty list: give a path, or a list of paths "
+                                 "for an ensemble")
+            params = [load_params_for_inference(p, model) for p in checkpoint_path]
+        else:
+            params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, prior=prior, prior_weight=prior_weight,
                                                batch_size=batch_size, bucket_step=bucket_step,
                                                max_input_length=lengths["inputs"],
@@ -549,7 +558,8 @@ def evaluate(
             report = evaluate_dataset(path, scorer, config, rankings_dir=rankings_dir)
     else:
         report = evaluate_dataset(path, scorer, config)
-    report["checkpoint"] = checkpoint_path
+    report["checkpoint"] = (list(checkpoint_path) if isinstance(checkpoint_path, (list, tuple))
+                            else checkpoint_path)
     paths = write_outputs(report, output_dir, plot=plot)
     print((Path(paths["table"])).read_text(encoding="utf-8"))
     print(f"eval: wrote {', '.join(str(p) for p in paths.values())}")

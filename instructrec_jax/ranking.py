@@ -29,6 +29,11 @@ Scores (`ScoringConfig`), all documented choices:
   The prior is reduced the same way as the likelihood ('sum' or per-token 'mean').
 Ties between candidates (e.g. identical target strings) are left to `metrics.evaluate_rankings`'s
 tie rule; this module never breaks them.
+
+Ensembles: `CandidateScorer(model, [params_1, ..., params_m], ...)` scores every candidate with each
+parameter tree (the same model and vocabulary, e.g. the same recipe trained with several seeds) and
+ranks by the mean of the members' log-likelihoods, i.e. the normalised geometric mean of their
+probabilities; the prior, its weight and the template are then chosen on the ensemble's scores.
 """
 
 from __future__ import annotations
@@ -195,14 +200,17 @@ def full_pass_scores(model, params, encoder_tokens, decoder_targets):
 
 
 class CandidateScorer:
-    """Scores candidate target strings for instruction inputs with one model and one set of params."""
+    """Scores candidate target strings for instruction inputs with one model and one set of params,
+    or with several (a list of parameter trees: an ensemble, see the module docstring)."""
 
     def __init__(self, model, params, tokenizer: Tokenizer, config: ScoringConfig = ScoringConfig(),
                  *, item_log_prior: Mapping[str, float] | None = None):
         if config.prior == "item_log_prior" and item_log_prior is None:
             raise ValueError("prior='item_log_prior' needs an item_log_prior table (e.g. popularity_log_prior)")
         self.model = model
-        self.params = params
+        self.members = list(params) if isinstance(params, (list, tuple)) else [params]
+        if not self.members:
+            raise ValueError("an ensemble needs at least one parameter tree")
         self.tokenizer = tokenizer
         self.config = config
         self.item_log_prior = dict(item_log_prior or {})
@@ -217,6 +225,14 @@ class CandidateScorer:
             ids = tokenize(self.tokenizer, text, self.config.max_target_length)
             self._token_cache[text] = ids
         return ids
+
+    def _member_mean(self, fn, *args) -> np.ndarray:
+        """fn(model, params, *args) for every member, as float64, averaged over the members."""
+        total = None
+        for params in self.members:
+            value = np.asarray(fn(self.model, params, *args), dtype=np.float64)
+            total = value if total is None else total + value
+        return total / len(self.members)
 
     # -- the core: log-likelihoods with the shared encoder --------------------------------------
     def log_likelihoods(
@@ -253,14 +269,13 @@ class CandidateScorer:
                 self.compiled_shapes.add((cfg.batch_size, enc_len, num_c, dec_len))
                 if packed:
                     rows = _pack_candidates([encoded_targets[i] for i in chunk], cfg.batch_size, dec_len)
-                    sums = _packed_candidate_scores(self.model, self.params, enc, rows, num_c)
+                    sums = self._member_mean(_packed_candidate_scores, enc, rows, num_c)
                 else:
                     dec = np.zeros((cfg.batch_size, num_c, dec_len), dtype=np.int32)
                     for row, i in enumerate(chunk):
                         for c, ids in enumerate(encoded_targets[i]):
                             dec[row, c, : len(ids)] = ids
-                    sums = _repeated_encoder_scores(self.model, self.params, enc, dec)
-                sums = np.asarray(sums, dtype=np.float64)
+                    sums = self._member_mean(_repeated_encoder_scores, enc, dec)
                 for row, i in enumerate(chunk):
                     counts = np.array([len(ids) for ids in encoded_targets[i]], dtype=np.int64)
                     results[i] = (sums[row, :num_c], counts)
@@ -291,7 +306,7 @@ class CandidateScorer:
             for row, (_, _, e, d) in enumerate(chunk):
                 enc[row, : len(e)] = e
                 dec[row, : len(d)] = d
-            sums = np.asarray(full_pass_scores(self.model, self.params, enc, dec), dtype=np.float64)
+            sums = self._member_mean(full_pass_scores, enc, dec)
             for row, (i, c, _, _) in enumerate(chunk):
                 out[i][c] = sums[row]
         return out

@@ -207,17 +207,18 @@ def _tiny_model_gin(tmp_path):
     from ranking_fixtures import tiny_model_and_params, write_model_gin
 
     model, params = tiny_model_and_params()
-    save_hf_checkpoint(model.config, params, tmp_path / "hf")
+    if not (tmp_path / "hf").exists():  # written once per test
+        save_hf_checkpoint(model.config, params, tmp_path / "hf")
     return write_model_gin(model.config, tmp_path / "tiny.gin")
 
 
-def _evaluate_tiny(prepared, tmp_path, *flags):
+def _evaluate_tiny(prepared, tmp_path, *flags, checkpoint=None, out_name="eval"):
     """`instructrec eval` of the tiny model on 8 sequential examples with popularity; (report, out dir)."""
     model_gin = _tiny_model_gin(tmp_path)
-    out = tmp_path / "eval"
+    out = tmp_path / out_name
     code = evaluate.main([
         f"--gin_file={model_gin}", "--gin_file=gin/runs/eval.gin",
-        f"--gin.CHECKPOINT_PATH='{tmp_path / 'hf'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.CHECKPOINT_PATH={checkpoint or repr(str(tmp_path / 'hf'))}", f"--gin.EVAL_OUTPUT_DIR='{out}'",
         f"--gin.DATASET='{prepared}'", "--gin.BASELINES=['popularity']", "--gin.MAX_EXAMPLES=8",
         "--gin.SCENARIOS=['sequential']", *flags,
     ])
@@ -232,6 +233,34 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
     assert llm["test"]["overall"]["num_examples"] == 8 * 3 and llm["best_template"] in llm["test"]["by_template"]
     assert report["scoring"]["reduction"] == "mean"
     assert "| sequential ⟨P1,I0,T3⟩ | InstructRec |" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path, capsys):
+    """CHECKPOINT_PATH=[a, b]: every candidate's score is the mean of the two models' log-likelihoods."""
+    from instructrec_jax.checkpoints.hf import save_hf_checkpoint
+    from ranking_fixtures import random_params, tiny_model_and_params
+
+    model, _ = tiny_model_and_params()
+    save_hf_checkpoint(model.config, random_params(model, 1), tmp_path / "hf_b")
+    rankings = {}
+    for name, checkpoint in [("a", None), ("b", repr(str(tmp_path / "hf_b"))),
+                             ("ab", repr([str(tmp_path / "hf"), str(tmp_path / "hf_b")]))]:
+        report, out = _evaluate_tiny(prepared, tmp_path, "--gin.WRITE_RANKINGS=True",
+                                     checkpoint=checkpoint, out_name=name)
+        path = out / "rankings" / "sequential" / "test" / "instructrec.jsonl"
+        rankings[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert report["checkpoint"] == [str(tmp_path / "hf"), str(tmp_path / "hf_b")]
+    assert len(rankings["ab"]) == 8 * 3
+    differ = 0
+    for a, b, ab in zip(rankings["a"], rankings["b"], rankings["ab"]):
+        assert a["example"] == b["example"] == ab["example"]
+        np.testing.assert_allclose(ab["scores"], (np.array(a["scores"]) + b["scores"]) / 2, rtol=1e-9)
+        differ += not np.allclose(a["scores"], b["scores"], atol=1e-3)
+    assert differ == len(rankings["ab"])  # two different models: the mean is neither of them
+    capsys.readouterr()
+    with pytest.raises(AssertionError):  # an empty list is refused (exit code 1)
+        _evaluate_tiny(prepared, tmp_path, checkpoint="[]", out_name="empty")
+    assert "CHECKPOINT_PATH is an empty list" in capsys.readouterr().err
 
 
 def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from instructrec_jax import ranking
 from instructrec_jax.instructions.format import InstructionRecord
-from ranking_fixtures import CharTokenizer, KnownScoreModel, tiny_model_and_params
+from ranking_fixtures import CharTokenizer, KnownScoreModel, random_params, tiny_model_and_params
 
 
 def _record(inputs, targets, label, template="t1", example_id=None, candidates=None, user="u"):
@@ -54,6 +54,32 @@ def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny, path):
         assert np.all(sums < 0)
     # real differences between candidates: the test cannot pass with constant scores
     assert np.ptp(shared[0][0]) > 1e-3
+
+
+@pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
+def test_an_ensemble_scores_the_mean_of_its_members_log_likelihoods(tiny, path):
+    model, params = tiny
+    other = random_params(model, 1)
+    config = ranking.ScoringConfig(batch_size=4, shared_path=path)
+    inputs = ["The user watched: Heat; Casino. What comes next?", "short"]
+    targets = [["Toy Story", "Jumanji", "Heat"], ["x", "a considerably longer candidate title", "zz"]]
+    one = ranking.CandidateScorer(model, params, CharTokenizer(), config).log_likelihoods(inputs, targets)
+    two = ranking.CandidateScorer(model, other, CharTokenizer(), config).log_likelihoods(inputs, targets)
+    both = ranking.CandidateScorer(model, [params, other], CharTokenizer(), config)
+    mean = both.log_likelihoods(inputs, targets)
+    for (a, counts), (b, _), (m, mean_counts) in zip(one, two, mean):
+        assert np.ptp(a - b) > 1e-3  # the members really disagree, so the mean is not either one
+        np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-12)
+        assert list(mean_counts) == list(counts)
+    full = both.log_likelihoods_full_pass(inputs, targets, batch_size=8)
+    for (m, _), reference in zip(mean, full):
+        np.testing.assert_allclose(m, reference, rtol=1e-6, atol=1e-5)
+    # a one-member list is the single scorer; an empty one is refused
+    alone = ranking.CandidateScorer(model, [params], CharTokenizer(), config).log_likelihoods(inputs, targets)
+    for (a, _), (x, _) in zip(one, alone):
+        np.testing.assert_array_equal(a, x)
+    with pytest.raises(ValueError, match="at least one parameter tree"):
+        ranking.CandidateScorer(model, [], CharTokenizer(), config)
 
 
 def test_scores_use_few_compiled_shapes(tiny):
