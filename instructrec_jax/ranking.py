@@ -32,8 +32,9 @@ tie rule; this module never breaks them.
 
 Ensembles: `CandidateScorer(model, [params_1, ..., params_m], ...)` scores every candidate with each
 parameter tree (the same model and vocabulary, e.g. the same recipe trained with several seeds) and
-ranks by the mean of the members' log-likelihoods, i.e. the normalised geometric mean of their
-probabilities; the prior, its weight and the template are then chosen on the ensemble's scores.
+ranks by the mean of the members' log-likelihoods, i.e. the log of the geometric mean of their
+probabilities (not renormalised over the vocabulary); the prior, its weight and the template are
+then chosen on the ensemble's scores.
 """
 
 from __future__ import annotations
