@@ -81,6 +81,16 @@ def _rescaled(values: np.ndarray, like: np.ndarray) -> np.ndarray:
     return values * (target / rms) if rms > 0 else values
 
 
+def _prepared_items(dataset: str):
+    """(prepared data, its items sorted, each item's single vocabulary id) of a prepared dataset."""
+    path, _ = resolve_dataset(dataset, None)
+    data = load_prepared(path)
+    manifest = read_manifest(Path(path))
+    tokenizer = load_vocabulary(Path(path) / manifest.get("vocabulary", "spiece.model"))
+    items = sorted(data.items)
+    return data, items, item_token_ids(tokenizer, items)
+
+
 def item_token_ids(tokenizer, item_ids: Sequence[str]) -> list[int]:
     """The single vocabulary id of each item's id token; an error if one is not a single piece."""
     from instructrec_jax.instructions.render import id_token
@@ -128,15 +138,61 @@ class CooccurrenceItemInit:
     window: int = 5
 
     def __call__(self, params: Mapping[str, Any]) -> dict:
-        path, _ = resolve_dataset(self.dataset, None)
-        data = load_prepared(path)
-        manifest = read_manifest(Path(path))
-        tokenizer = load_vocabulary(Path(path) / manifest.get("vocabulary", "spiece.model"))
-        items = sorted(data.items)
-        token_ids = item_token_ids(tokenizer, items)
+        data, items, token_ids = _prepared_items(self.dataset)
         counts = next_item_counts(data.train, {item: i for i, item in enumerate(items)}, self.window)
         dim = int(np.shape(params["token_embedder"]["embedding"])[1])
         history_side, target_side = factorise(ppmi(counts), dim)
         log.info("item embeddings of %d items initialised from next-item PPMI (%d training "
                  "examples, window %d, rank %d)", len(items), len(data.train), self.window, dim)
         return apply_item_factors(params, token_ids, history_side, target_side)
+
+
+def sasrec_item_vectors(train: Sequence[SplitExample], items: Sequence[str], dim: int, *,
+                        hidden: int | None = None, epochs: int = 40, seed: int = 0) -> np.ndarray:
+    """[len(items), dim]: the item embeddings of a SASRec trained on `train` for a fixed number of
+    epochs (no validation split, so no early stopping and nothing of a validation target), zero
+    beyond its width `hidden` (default `dim`)."""
+    from instructrec_jax.baselines.sasrec import fit_sasrec
+
+    hidden = dim if hidden is None else hidden
+    if not 0 < hidden <= dim:
+        raise ValueError(f"SASRec width {hidden} must be in 1..{dim} (the model's embedding width)")
+    model = fit_sasrec(train, items, hidden=hidden, epochs=epochs, seed=seed)
+    table = np.asarray(model.params["item_embedding"]["embedding"], np.float64)
+    vectors = np.zeros((len(items), dim))
+    vectors[:, :hidden] = table[[model.index[item] for item in items]]
+    return vectors
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SASRecItemInit:
+    """A trainer parameter initialiser (`train.param_initializers`): item-token embeddings from a
+    SASRec trained on `dataset`'s training split, as collaborative item representations handed to
+    a language model (the idea of LLaRA and CoLLM).
+
+    SASRec shares one item table between its input and its output, so the same vector becomes the
+    item's input-embedding row and its output-projection column (each side rescaled to the random
+    initialisation's root-mean-square, as for the PPMI factors). The T5 still learns its own
+    encoder, decoder and the mapping from its decoder state onto these vectors; the item geometry,
+    rare items' included, is what it starts from. The SASRec is trained here, on the training
+    split only, for `epochs` epochs (no early stopping: validation targets are not read), with
+    `seed`; `hidden` (default: the model's width) may be smaller, the rest of each vector is zero.
+    """
+
+    dataset: str = gin.REQUIRED
+    epochs: int = 40
+    hidden: int | None = None
+    seed: int | None = 0  # None (a run with a fresh seed): 0
+
+
+    def __call__(self, params: Mapping[str, Any]) -> dict:
+        data, items, token_ids = _prepared_items(self.dataset)
+        dim = int(np.shape(params["token_embedder"]["embedding"])[1])
+        seed = 0 if self.seed is None else self.seed
+        vectors = sasrec_item_vectors(data.train, items, dim, hidden=self.hidden, epochs=self.epochs,
+                                      seed=seed)
+        log.info("item embeddings of %d items initialised from a SASRec (%d training examples, "
+                 "%d epochs, width %d, seed %d)", len(items), len(data.train), self.epochs,
+                 self.hidden or dim, seed)
+        return apply_item_factors(params, token_ids, vectors, vectors)

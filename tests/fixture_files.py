@@ -245,3 +245,23 @@ def write_recbole(directory: Path, name: str = "mini", *, extra_users: int = 0,
     if with_users:
         write_text_file(directory / f"{name}.user", RECBOLE_USERS)
     return directory
+
+
+def prepare_id_token_ml100k(tmp_path_factory, name: str, *, extra_users: int, extra_items: int,
+                            max_train_examples: int, train_passes: int = 1) -> Path:
+    """A small ml-100k-format dataset prepared for ⟨P1,I0,T3⟩ with one vocabulary piece per item
+    (600 pieces, 9 negatives, no neg99 files)."""
+    import pytest
+
+    from instructrec_jax import prepare as prepare_module
+    from instructrec_jax.data.preprocess import PreprocessConfig
+
+    raw = write_ml100k(tmp_path_factory.mktemp("raw"), extra_users=extra_users, extra_items=extra_items)
+    out = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
+        return prepare_module.prepare("ml-100k", raw, out, name=name, renderer="id_token",
+                                      config=PreprocessConfig(negatives=(9,)), types=["p1_i0_t3"],
+                                      neg99="none", vocab_size=600,
+                                      max_train_examples_per_type=max_train_examples,
+                                      train_passes=train_passes, log=lambda _: None)

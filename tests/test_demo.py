@@ -93,3 +93,26 @@ def test_long_neg19_gin_is_the_long_recipe_on_the_19_negative_dataset():
                 "MIXTURE_OR_TASK_NAME": "instructrec_ml100kneg19_p1_i0_t3",
                 "TASK_FEATURE_LENGTHS": {"inputs": 160, "targets": 4}}
     assert _macros("gin/experiments/ml100k_long_neg19.gin", *expected) == expected
+
+
+def test_sasrec_init_gin_is_the_neg19_recipe_with_the_sasrec_initialiser():
+    """gin/experiments/ml100k_long_neg19_sasrec_init.gin = ml100k_long_neg19.gin with the item
+    embeddings from a SASRec of the run's seed instead of the PPMI factors."""
+    import gin
+
+    from instructrec_jax import gin_flags
+
+    expected = {**LONG_RECIPE, "DATASET": "ml100kneg19",
+                "MIXTURE_OR_TASK_NAME": "instructrec_ml100kneg19_p1_i0_t3",
+                "TASK_FEATURE_LENGTHS": {"inputs": 160, "targets": 4}}
+    gin_file = "gin/experiments/ml100k_long_neg19_sasrec_init.gin"
+    assert _macros(gin_file, *expected) == expected
+    flags, _ = gin_flags.parse_gin_flags([f"--gin_file={gin_file}", "--gin.RANDOM_SEED=2"])
+    gin.clear_config()
+    try:
+        gin_flags.configure_gin(flags, finalize=False)
+        config = gin.config_str()
+    finally:
+        gin.clear_config()
+    assert "param_initializers = [@item_init.SASRecItemInit()]" in config, config
+    assert "item_init.SASRecItemInit.epochs = 40" in config and "seed = %RANDOM_SEED" in config

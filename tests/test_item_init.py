@@ -92,3 +92,55 @@ def test_item_token_ids_require_single_pieces():
     assert item_init.item_token_ids(_Pieces({"<item_1>": [40], "<item_2>": [41]}), ["1", "2"]) == [40, 41]
     with pytest.raises(ValueError, match="--renderer id_token"):
         item_init.item_token_ids(_Pieces({"<item_1>": [5, 6, 7]}), ["1"])
+
+
+@pytest.fixture(scope="module")
+def prepared_ids(tmp_path_factory):
+    """A small ml-100k-format dataset prepared with one vocabulary piece per item."""
+    from fixture_files import prepare_id_token_ml100k
+
+    return prepare_id_token_ml100k(tmp_path_factory, "init", extra_users=30, extra_items=40,
+                                   max_train_examples=60)
+
+
+def _random_t5_params(vocab: int, dim: int):
+    rng = np.random.default_rng(2)
+    return {"token_embedder": {"embedding": rng.normal(size=(vocab, dim)).astype(np.float32)},
+            "decoder": {"logits_dense": {"kernel": rng.normal(size=(dim, vocab)).astype(np.float32)}}}
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_sasrec_init_puts_the_trained_sasrec_item_vectors_on_both_sides(prepared_ids):
+    from instructrec_jax.baselines.sasrec import fit_sasrec
+    from instructrec_jax.data.preprocess import load_prepared
+    from instructrec_jax.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(prepared_ids / "spiece.model")
+    data = load_prepared(prepared_ids)
+    items = sorted(data.items)
+    token_ids = item_init.item_token_ids(vocab, items)
+    params = _random_t5_params(vocab.vocab_size, 16)
+    out = item_init.SASRecItemInit(dataset=str(prepared_ids), epochs=2, hidden=8, seed=3)(params)
+
+    # the same SASRec, trained again with the same seed: its item table, zero beyond width 8
+    sasrec = fit_sasrec(data.train, items, hidden=8, epochs=2, seed=3)
+    table = np.asarray(sasrec.params["item_embedding"]["embedding"])[[sasrec.index[i] for i in items]]
+    emb = out["token_embedder"]["embedding"]
+    kernel = out["decoder"]["logits_dense"]["kernel"]
+    np.testing.assert_allclose(_unit_rows(emb[token_ids][:, :8]), _unit_rows(table), atol=1e-5)
+    np.testing.assert_allclose(_unit_rows(kernel[:, token_ids].T[:, :8]), _unit_rows(table), atol=1e-5)
+    assert not emb[token_ids][:, 8:].any() and not kernel[8:, token_ids].any()
+    others = np.setdiff1d(np.arange(vocab.vocab_size), token_ids)
+    np.testing.assert_array_equal(emb[others], params["token_embedder"]["embedding"][others])
+    np.testing.assert_array_equal(kernel[:, others], params["decoder"]["logits_dense"]["kernel"][:, others])
+    # a different seed trains a different SASRec
+    other = item_init.SASRecItemInit(dataset=str(prepared_ids), epochs=2, hidden=8, seed=4)(params)
+    assert not np.allclose(other["token_embedder"]["embedding"][token_ids], emb[token_ids])
+
+
+def test_sasrec_init_refuses_a_sasrec_wider_than_the_model(prepared_ids):
+    with pytest.raises(ValueError, match="SASRec width 32 must be in 1..16"):
+        item_init.SASRecItemInit(dataset=str(prepared_ids), epochs=1, hidden=32)(_random_t5_params(700, 16))

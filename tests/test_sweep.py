@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instructrec_jax import prepare as prepare_module
 from instructrec_jax.instructions import storage
 
-from fixture_files import write_ml100k
+from fixture_files import prepare_id_token_ml100k
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import sweep  # noqa: E402
@@ -53,18 +52,8 @@ def test_ranking_metrics_rank_ties_pessimistically():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    raw = write_ml100k(tmp_path_factory.mktemp("raw"), extra_users=40, extra_items=60)
-    out = tmp_path_factory.mktemp("prepared")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prepare_module, "VOCAB_SAMPLE_RECORDS", 300)
-        from instructrec_jax.data.preprocess import PreprocessConfig
-
-        path = prepare_module.prepare("ml-100k", raw, out, name="sweep", renderer="id_token",
-                                      config=PreprocessConfig(negatives=(9,)),
-                                      types=["p1_i0_t3"], neg99="none", vocab_size=600,
-                                      max_train_examples_per_type=120, train_passes=2,
-                                      log=lambda _: None)
-    return path
+    return prepare_id_token_ml100k(tmp_path_factory, "sweep", extra_users=40, extra_items=60,
+                                   max_train_examples=120, train_passes=2)
 
 
 @pytest.fixture(scope="module")
