@@ -480,6 +480,14 @@ def resolve_dataset(dataset: str | None, mixture_or_task_name: str | None) -> tu
                             f"{', '.join(map(str, tasks.data_dirs()))}); run `instructrec prepare` first")
 
 
+def _ensemble_member(index: int, checkpoint: str, model):
+    """One member of a CHECKPOINT_PATH list; a failure names the member (its place and path)."""
+    try:
+        return load_params_for_inference(checkpoint, model)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+        raise ValueError(f"CHECKPOINT_PATH[{index}] ({checkpoint}): {error}") from error
+
+
 @gin.configurable
 def evaluate(
     model=None,
@@ -536,7 +544,7 @@ def evaluate(
             if not checkpoint_path:
                 raise ValueError("CHECKPOINT_PATH is an empty list: give a path, or a list of paths "
                                  "for an ensemble")
-            params = [load_params_for_inference(p, model) for p in checkpoint_path]
+            params = [_ensemble_member(i, p, model) for i, p in enumerate(checkpoint_path)]
         else:
             params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, prior=prior, prior_weight=prior_weight,

@@ -261,6 +261,12 @@ def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path
     with pytest.raises(AssertionError):  # an empty list is refused (exit code 1)
         _evaluate_tiny(prepared, tmp_path, checkpoint="[]", out_name="empty")
     assert "CHECKPOINT_PATH is an empty list" in capsys.readouterr().err
+    # a member that cannot be loaded is named by its place in the list and its path
+    missing = str(tmp_path / "no_such_checkpoint")
+    with pytest.raises(AssertionError):
+        _evaluate_tiny(prepared, tmp_path, checkpoint=repr([str(tmp_path / "hf"), missing]), out_name="bad")
+    assert f"CHECKPOINT_PATH[1] ({missing}):" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "metrics.json").exists()
 
 
 def test_prior_weight_is_chosen_on_validation_and_reported(prepared, tmp_path):
