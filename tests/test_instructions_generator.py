@@ -411,6 +411,17 @@ def test_a_mix_of_popularity_weighted_and_uniform_training_negatives(data, negat
     assert abs(mean(firsts) - mean(drawn)) < abs(mean(skewed) - mean(drawn))
 
 
+def test_a_mixed_list_whose_popular_draw_takes_the_whole_pool_keeps_those_negatives(data):
+    """More negatives asked than the pool holds, the popular draw takes every allowed item: the
+    uniform draw finds none left, and the list holds the pool (as the unmixed draw does), no error."""
+    kwargs = dict(types=["p1_i0_t3"], seed=0, negatives=500, negative_popularity=2.0)
+    whole = generate_instructions(data, **kwargs)["p1_i0_t3"]["train"]
+    mixed = generate_instructions(data, popular_negatives=499, **kwargs)["p1_i0_t3"]["train"]
+    assert len(mixed) == len(whole) and len(whole[0].candidates) < 500
+    for a, b in zip(whole, mixed):
+        assert sorted(a.candidates) == sorted(b.candidates)
+
+
 def test_popular_negatives_bad_values_are_refused():
     with pytest.raises(ValueError, match="needs negative_popularity > 0"):
         GeneratorOptions(popular_negatives=2)

@@ -289,6 +289,8 @@ class _TypeBuilder:
             return picked
         if len(pool) - len(exclude) - 1 < 4 * n:  # small pool: enumerate instead of rejecting
             allowed = [i for i in pool if i not in exclude and i != target]
+            if not allowed and avoid:  # the other draw of a mixed list took the last ones
+                return picked
             if not allowed:
                 raise ValueError(f"user {user_id!r} interacted with every item that could be a "
                                  f"negative for {self.name}; the catalogue is too small")
