@@ -38,7 +38,7 @@ import numpy as np
 
 from instructrec_jax import baselines, metrics, ranking
 # Imported here, not lazily: it registers gin configurables, which gin refuses once the config is locked.
-from instructrec_jax.checkpoints.manager import load_params_for_inference
+from instructrec_jax.checkpoints.manager import load_ensemble_params, load_params_for_inference
 from instructrec_jax.data.types import DataFormatError, SplitExample
 from instructrec_jax.instructions.format import SCENARIOS, ExampleSource, base_type, neg99_name
 
@@ -480,14 +480,6 @@ def resolve_dataset(dataset: str | None, mixture_or_task_name: str | None) -> tu
                             f"{', '.join(map(str, tasks.data_dirs()))}); run `instructrec prepare` first")
 
 
-def _ensemble_member(index: int, checkpoint: str, model):
-    """One member of a CHECKPOINT_PATH list; a failure names the member (its place and path)."""
-    try:
-        return load_params_for_inference(checkpoint, model)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
-        raise ValueError(f"CHECKPOINT_PATH[{index}] ({checkpoint}): {error}") from error
-
-
 @gin.configurable
 def evaluate(
     model=None,
@@ -544,7 +536,7 @@ def evaluate(
             if not checkpoint_path:
                 raise ValueError("CHECKPOINT_PATH is an empty list: give a path, or a list of paths "
                                  "for an ensemble")
-            params = [_ensemble_member(i, p, model) for i, p in enumerate(checkpoint_path)]
+            params = load_ensemble_params(checkpoint_path, model)
         else:
             params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, prior=prior, prior_weight=prior_weight,

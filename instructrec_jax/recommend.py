@@ -250,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from instructrec_jax.vocabulary import load_vocabulary
 
     parser = argparse.ArgumentParser(prog="instructrec recommend", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="Orbax step dir, HF dir or T5X checkpoint")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="Orbax step dir, HF dir or T5X checkpoint; repeated: an ensemble of models of "
+                             "one shape, ranked by their mean log-likelihood (the first names the shape)")
     parser.add_argument("--dataset", required=True, help="prepared dataset folder or name (e.g. ml100k)")
     parser.add_argument("--user", help="a user id of the dataset: their latest items are the history")
     parser.add_argument("--history", help='titles separated by ";" (oldest first)')
@@ -273,7 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = request_from_args(data, item_texts, user=args.user, history=args.history,
                                     preference=args.preference, request=args.request, query=args.query)
         candidates = candidate_pool(args.candidates, data, request, include_seen=args.include_seen)
-        model, params = load_model(args.checkpoint, args.gin_file, args.gin_bindings)
+        model, params = load_model(args.checkpoint[0], args.gin_file, args.gin_bindings)
+        if len(args.checkpoint) > 1:
+            from instructrec_jax.checkpoints.manager import load_ensemble_params
+
+            params = [params, *load_ensemble_params(args.checkpoint[1:], model, start=1)]
         tokenizer = load_vocabulary(path / read_manifest(path).get("vocabulary", "spiece.model"))
         scorer = ranking.CandidateScorer(model, params, tokenizer, ranking.ScoringConfig(reduction=args.scoring))
         ranked = rank_items(scorer, request, candidates, item_texts, list_max=args.list_max,

@@ -265,7 +265,7 @@ def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path
     missing = str(tmp_path / "no_such_checkpoint")
     with pytest.raises(AssertionError):
         _evaluate_tiny(prepared, tmp_path, checkpoint=repr([str(tmp_path / "hf"), missing]), out_name="bad")
-    assert f"CHECKPOINT_PATH[1] ({missing}):" in capsys.readouterr().err
+    assert f"checkpoint 1 of the ensemble ({missing}):" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "metrics.json").exists()
 
 

@@ -136,3 +136,24 @@ def test_command_end_to_end(tmp_path_factory, capsys):
     assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
     code = recommend.main(["--checkpoint", str(checkpoint), "--dataset", str(path), "--candidates", "catalogue"])
     assert code == 1 and "nothing to recommend" in capsys.readouterr().err
+
+    # --checkpoint twice: an ensemble, every item's log-likelihood the mean of the two models'
+    from ranking_fixtures import random_params
+
+    other = tmp_path_factory.mktemp("ckpt") / "hf_b"
+    save_hf_checkpoint(model.config, random_params(model, 1), other)
+    by_run = {}
+    for name, checkpoints in (("a", [checkpoint]), ("b", [other]), ("ab", [checkpoint, other])):
+        flags = [f for c in checkpoints for f in ("--checkpoint", str(c))]
+        assert recommend.main([*flags, "--dataset", str(path), "--user", "1000",
+                               "--candidates", "baseline:popularity:8", "--top", "8", "--json"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        by_run[name] = {r["item_id"]: r["log_likelihood"] for r in rows}
+    assert len(by_run["ab"]) == 8 and set(by_run["ab"]) == set(by_run["a"]) == set(by_run["b"])
+    for item, value in by_run["ab"].items():
+        assert value == pytest.approx((by_run["a"][item] + by_run["b"][item]) / 2, rel=1e-6)
+    assert any(abs(by_run["a"][i] - by_run["b"][i]) > 1e-3 for i in by_run["ab"])  # two different models
+    missing = str(tmp_path_factory.mktemp("none") / "missing")
+    assert recommend.main(["--checkpoint", str(checkpoint), "--checkpoint", missing, "--dataset", str(path),
+                           "--user", "1000", "--candidates", "baseline:popularity:8"]) == 1
+    assert f"checkpoint 1 of the ensemble ({missing}):" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import gin
 import jax
@@ -291,6 +291,22 @@ def load_params_for_inference(checkpoint_path: str, model: Any, partitioner: Any
     """
     abstract = abstract_params_for(model, partitioner)
     return load_weights(checkpoint_path, abstract).params
+
+
+def load_ensemble_params(checkpoint_paths: Sequence[str], model: Any, partitioner: Any = None, *,
+                         start: int = 0) -> list:
+    """Parameters of `model` from each checkpoint of an ensemble (`load_params_for_inference`); a
+    member that cannot be loaded is named in the error by its place in the list (counted from
+    `start`, for a list whose first members were loaded elsewhere) and its path."""
+    if not checkpoint_paths:
+        raise ValueError("an ensemble needs at least one checkpoint")
+    members = []
+    for index, path in enumerate(checkpoint_paths, start):
+        try:
+            members.append(load_params_for_inference(path, model, partitioner))
+        except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+            raise ValueError(f"checkpoint {index} of the ensemble ({path}): {error}") from error
+    return members
 
 
 def abstract_params_for(model: Any, partitioner: Any = None, input_shapes: dict | None = None) -> Any:
