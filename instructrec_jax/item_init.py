@@ -100,8 +100,8 @@ def item_token_ids(tokenizer, item_ids: Sequence[str]) -> list[int]:
         pieces = [p for p in tokenizer.encode(id_token(item))]
         if len(pieces) != 1:
             raise ValueError(f"item {item!r}: its id token {id_token(item)!r} is {len(pieces)} pieces "
-                             f"({pieces}) in this vocabulary; co-occurrence initialisation needs a "
-                             "dataset prepared with --renderer id_token (or title_id)")
+                             f"({pieces}) in this vocabulary; item-token initialisation (PPMI or "
+                             "SASRec) needs a dataset prepared with --renderer id_token (or title_id)")
         ids.append(int(pieces[0]))
     return ids
 
