@@ -101,6 +101,26 @@ def test_finetune_run_file_binds_t5x_defaults():
         gin.clear_config()
 
 
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+def test_either_optimizer_follows_the_learning_rate_macros(optimizer):
+    # AdamW once fell back to its own default rate of 1e-3 whatever LEARNING_RATE said.
+    from instructrec_jax import optimizers
+    try:
+        flags, _ = gin_flags.parse_gin_flags(
+            ["--gin_file=gin/models/flan_t5_tiny.gin", "--gin_file=gin/runs/finetune.gin"]
+            + REQUIRED + [f"--gin.OPTIMIZER=@optimizers.{optimizer}()", "--gin.LEARNING_RATE=0.02",
+                          "--gin.LEARNING_RATE_SCHEDULE='constant * linear_warmup'",
+                          "--gin.WARMUP_STEPS=10"])
+        gin.clear_config()
+        gin_flags.configure_gin(flags, finalize=False)
+        made = getattr(optimizers, optimizer)()
+        assert made.name == optimizer
+        assert float(made.learning_rate(5)) == pytest.approx(0.01)
+        assert float(made.learning_rate(100)) == pytest.approx(0.02)
+    finally:
+        gin.clear_config()
+
+
 def test_pretrain_run_file_switches_to_the_rsqrt_schedule_without_dropout():
     try:
         _configure("gin/models/flan_t5_tiny.gin", "gin/runs/pretrain.gin")
