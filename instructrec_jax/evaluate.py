@@ -441,7 +441,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
                 f"{name} {w}" for name, w in chosen.items() if w is not None) + ")"
         else:
             weight = f" (w = {s['prior_weight']})"
-        notes.append(f"InstructRec scores: {s['reduction']} log-likelihood{prior}{weight}")
+        eos = "" if s.get("score_eos", True) else " (EOS not scored)"
+        notes.append(f"InstructRec scores: {s['reduction']} log-likelihood{eos}{prior}{weight}")
     if len(report.get("sasrec_seeds", [])) > 1:
         notes.append(f"SASRec: mean over seeds {report['sasrec_seeds']}")
     return notes
@@ -490,6 +491,7 @@ def evaluate(
     scenarios: Sequence[str] | None = None,
     splits: Sequence[str] = ("validation", "test"),
     scoring: str = "sum",
+    score_eos: bool = True,
     prior: str = "none",
     prior_weight: float = 1.0,
     prior_weights: Sequence[float] | None = None,
@@ -539,7 +541,8 @@ def evaluate(
             params = load_ensemble_params(checkpoint_path, model)
         else:
             params = load_params_for_inference(checkpoint_path, model)
-        scoring_config = ranking.ScoringConfig(reduction=scoring, prior=prior, prior_weight=prior_weight,
+        scoring_config = ranking.ScoringConfig(reduction=scoring, score_eos=score_eos, prior=prior,
+                                               prior_weight=prior_weight,
                                                batch_size=batch_size, bucket_step=bucket_step,
                                                max_input_length=lengths["inputs"],
                                                max_target_length=lengths["targets"])

@@ -21,6 +21,10 @@ Scores (`ScoringConfig`), all documented choices:
 - `reduction='sum'` (default, the paper): the summed token log-likelihood. Longer targets pay for
   every extra token, so short titles are favoured; FINDINGS.md measured sum > mean on ml-100k.
 - `reduction='mean'`: the log-likelihood divided by the target's token count (EOS included).
+- `score_eos=False`: EOS is left out of every target (and of the token counts), so an id-token
+  item scores log p(item | inputs) alone. For models trained to write more after the item (the
+  generator's `train_next_items`), where p(EOS | item) would say whether the user's training
+  sequence went on rather than anything about the candidate.
 - `prior`: an optional calibration term subtracted with weight `prior_weight` (α):
   `'neutral_input'` subtracts α·log p(target | neutral input) (the same model given
   `neutral_input`, by default the empty string: PMI-style, it removes how likely the item's text is
@@ -70,6 +74,7 @@ class ScoringConfig:
     prior: str = "none"
     prior_weight: float = 1.0
     neutral_input: str = ""
+    score_eos: bool = True  # False: targets are scored without their EOS (see the module docstring)
     batch_size: int = 16  # instructions per compiled call; the decoder sees batch_size * candidates rows
     max_input_length: int | None = 512  # inputs are cut to this many tokens (EOS kept), as SeqIO's trim
     max_target_length: int | None = 64
@@ -100,8 +105,8 @@ class ScoredCandidates:
     example_id: str
     candidates: tuple[str, ...]
     label_index: int
-    log_likelihood: np.ndarray  # [C] summed log p of each candidate's target (EOS included)
-    num_tokens: np.ndarray  # [C] target tokens scored (EOS included)
+    log_likelihood: np.ndarray  # [C] summed log p of each candidate's target (EOS included unless not score_eos)
+    num_tokens: np.ndarray  # [C] target tokens scored (the same)
     prior: np.ndarray | None  # [C] the reduced prior term before weighting, or None
     scores: np.ndarray  # [C] what is ranked: reduced likelihood - prior_weight * prior
     template_id: str = ""
@@ -224,6 +229,10 @@ class CandidateScorer:
         ids = self._token_cache.get(text)
         if ids is None:
             ids = tokenize(self.tokenizer, text, self.config.max_target_length)
+            if not self.config.score_eos:
+                ids = ids[:-1]
+                if not ids:
+                    raise ValueError(f"candidate target {text!r} has no tokens to score without EOS")
             self._token_cache[text] = ids
         return ids
 

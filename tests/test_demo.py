@@ -95,6 +95,23 @@ def test_long_neg19_gin_is_the_long_recipe_on_the_19_negative_dataset():
     assert _macros("gin/experiments/ml100k_long_neg19.gin", *expected) == expected
 
 
+def test_next3_gin_is_the_neg19_recipe_on_the_dataset_its_prepare_command_names():
+    """gin/experiments/ml100k_long_neg19_next3.gin = ml100k_long_neg19.gin on the dataset that
+    `prepare --name ml100k_neg19_next3 ... --train-next-items 3` writes; three items + EOS fit the
+    same 4 target positions."""
+    from instructrec_jax.prepare import dataset_folder_name
+
+    gin_file = "gin/experiments/ml100k_long_neg19_next3.gin"
+    folder = dataset_folder_name("ml100k_neg19_next3")
+    expected = {**LONG_RECIPE, "DATASET": folder,
+                "MIXTURE_OR_TASK_NAME": f"instructrec_{folder}_p1_i0_t3",
+                "TASK_FEATURE_LENGTHS": {"inputs": 160, "targets": 4}}
+    assert _macros(gin_file, *expected) == expected
+    text = open(gin_file, encoding="utf-8").read()
+    assert "--name ml100k_neg19_next3" in text and "--train-next-items 3" in text
+    assert "--gin.SCORE_EOS=False" in text
+
+
 def test_sasrec_init_gin_is_the_neg19_recipe_with_the_sasrec_initialiser():
     """gin/experiments/ml100k_long_neg19_sasrec_init.gin = ml100k_long_neg19.gin with the item
     embeddings from a SASRec of the run's seed instead of the PPMI factors."""

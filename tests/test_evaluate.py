@@ -228,11 +228,13 @@ def _evaluate_tiny(prepared, tmp_path, *flags, checkpoint=None, out_name="eval")
 
 def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
     """The main command path: model gin file + HF checkpoint -> LLM and baseline rows in one report."""
-    report, out = _evaluate_tiny(prepared, tmp_path, "--gin.SCORING='mean'")
+    report, out = _evaluate_tiny(prepared, tmp_path, "--gin.SCORING='mean'", "--gin.SCORE_EOS=False")
     llm = report["scenarios"]["sequential"]["methods"]["instructrec"]
     assert llm["test"]["overall"]["num_examples"] == 8 * 3 and llm["best_template"] in llm["test"]["by_template"]
-    assert report["scoring"]["reduction"] == "mean"
-    assert "| sequential ⟨P1,I0,T3⟩ | InstructRec |" in (out / "results.md").read_text(encoding="utf-8")
+    assert report["scoring"]["reduction"] == "mean" and report["scoring"]["score_eos"] is False
+    results = (out / "results.md").read_text(encoding="utf-8")
+    assert "| sequential ⟨P1,I0,T3⟩ | InstructRec |" in results
+    assert "mean log-likelihood (EOS not scored)" in results
 
 
 def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path, capsys):

@@ -347,6 +347,41 @@ def test_train_passes_must_be_positive(data):
         GeneratorOptions(train_passes=0)
 
 
+def test_train_next_items_append_the_following_training_items_to_item_targets(data):
+    types = ["p1_i0_t3", "p1_i0_t2", "p1_i0_t2_cot", "p0_i2_t3"]
+    renderer = ItemRenderer("id_token")
+    one = generate_instructions(data, types=types, seed=0, renderer=renderer)
+    three = generate_instructions(data, types=types, seed=0, renderer=renderer, train_next_items=3)
+    sequences = _sequences(data)
+    lengths = collections.Counter()
+    for name in types:
+        for split in ("validation", "test"):  # evaluation records never change
+            assert three[name].get(split) == one[name].get(split)
+        for before, after in zip(one[name]["train"], three[name]["train"], strict=True):
+            # the same draws: only the target may differ
+            assert after.inputs == before.inputs and after.candidates == before.candidates
+            if name in ("p1_i0_t2_cot", "p0_i2_t3"):  # not a bare item / not the sequential log
+                assert after == before
+                continue
+            items = sequences[after.user_id].item_ids
+            position = int(after.example_id.split("/")[3])
+            following = items[position + 1 : min(position + 3, len(items) - 2)]
+            assert after.targets == " ".join(map(id_token, (after.target_item, *following)))
+            assert after.targets.split(" ")[0] == before.targets
+            assert not set(following) & set(items[-2:])  # never a validation or test target
+            lengths[len(following) + 1] += 1
+    assert set(lengths) == {1, 2, 3}  # full targets, and shorter ones at the training part's end
+    titles = generate_instructions(data, types=["p1_i0_t3"], seed=0, train_next_items=2)
+    record = next(r for r in titles["p1_i0_t3"]["train"] if "; " in r.targets)
+    items = sequences[record.user_id].item_ids
+    position = int(record.example_id.split("/")[3])
+    assert record.targets == join_items([data.items[record.target_item].title,
+                                         data.items[items[position + 1]].title])
+    for bad in (0, 1.5, None):
+        with pytest.raises(ValueError, match="train_next_items"):
+            GeneratorOptions(train_next_items=bad)
+
+
 def _training_negative_counts(out, name, data):
     """Training-part interaction counts of every negative listed in `name`'s training records."""
     counts = collections.Counter(item for s in data.sequences for item in s.item_ids[:-2])

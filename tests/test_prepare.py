@@ -117,12 +117,15 @@ def test_cli_with_options(ml_dir, tmp_path, capsys):
         "--types", "p1_i0_t3,p1_i1_t3", "--renderer", "id_token", "--negatives", "9",
         "--templates-per-example", "all", "--vocab-size", "1000", "--seed", "3",
         "--train-passes", "2", "--train-negative-popularity", "0.75",
-        "--train-popular-negatives", "4"])
+        "--train-popular-negatives", "4", "--train-next-items", "2"])
     assert code == 0
     manifest = storage.read_manifest(tmp_path / "cli")
     assert manifest["generator"]["train_passes"] == 2
     assert manifest["generator"]["train_negative_popularity"] == 0.75
     assert manifest["generator"]["train_popular_negatives"] == 4
+    assert manifest["generator"]["train_next_items"] == 2
+    train = list(storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "train"))
+    assert {len(r.targets.split(" ")) for r in train} == {1, 2}  # the next item, where there is one
     train_ids = [r.example_id for r in storage.read_instructions(tmp_path / "cli", "p1_i0_t3", "train")]
     assert len(train_ids) == manifest["instructions"]["p1_i0_t3"]["train"]["num_examples"]
     assert 2 * sum(i.endswith("/pass1") for i in train_ids) == len(train_ids) > 0
@@ -188,6 +191,7 @@ def test_cli_refuses_a_bad_negative_popularity(ml_dir, tmp_path, capsys):
     (["--train-popular-negatives", "3"], "popular_negatives needs negative_popularity > 0"),
     (["--train-negative-popularity", "1", "--train-popular-negatives", "10"],
      "popular_negatives must be an int in [0, negatives=9]"),
+    (["--train-next-items", "0"], "train_next_items must be a positive int"),
 ])
 def test_cli_refuses_bad_popular_negatives(ml_dir, tmp_path, capsys, flags, message):
     code = prepare_module.main(["--source", "ml-100k", "--path", str(ml_dir), "--out-dir",

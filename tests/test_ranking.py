@@ -57,6 +57,32 @@ def test_shared_encoder_scores_equal_full_encoder_decoder_passes(tiny, path):
 
 
 @pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
+def test_without_eos_a_target_scores_its_own_tokens_only(tiny, path):
+    model, params = tiny
+    tokenizer = CharTokenizer()
+    inputs = ["The user watched: Heat; Casino. What comes next?", "short"]
+    targets = [["Toy Story", "Jumanji", "Heat"], ["x", "a considerably longer candidate title", "zz"]]
+    config = ranking.ScoringConfig(batch_size=4, shared_path=path, score_eos=False)
+    scorer = ranking.CandidateScorer(model, params, tokenizer, config)
+    shared = scorer.log_likelihoods(inputs, targets)
+    with_eos = ranking.CandidateScorer(
+        model, params, tokenizer, ranking.ScoringConfig(batch_size=4, shared_path=path)
+    ).log_likelihoods(inputs, targets)
+    for text, cands, (sums, counts), (eos_sums, _) in zip(inputs, targets, shared, with_eos):
+        assert list(counts) == [len(c) for c in cands]
+        enc = np.zeros((len(cands), 64), np.int32)
+        enc[:, : len(text) + 1] = ranking.tokenize(tokenizer, text, None)
+        dec = np.zeros((len(cands), 64), np.int32)
+        for row, c in enumerate(cands):
+            dec[row, : len(c)] = tokenizer.encode(c)  # no EOS
+        reference = np.asarray(ranking.full_pass_scores(model, params, enc, dec))
+        np.testing.assert_allclose(sums, reference, rtol=1e-6, atol=1e-5)
+        assert np.all(sums > eos_sums + 1e-4)  # the EOS term, a real log-probability, is gone
+    with pytest.raises(ValueError, match="no tokens to score"):
+        scorer.log_likelihoods(["x"], [[""]])
+
+
+@pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
 def test_an_ensemble_scores_the_mean_of_its_members_log_likelihoods(tiny, path):
     model, params = tiny
     other = random_params(model, 1)

@@ -44,7 +44,8 @@ from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX
                                                  ExampleSource, Intention,
                                                  InstructionRecord, InstructionType, Output,
                                                  TaskForm, base_type, neg99_name)
-from instructrec_jax.instructions.render import ItemRenderer, join_items, render_catalogue
+from instructrec_jax.instructions.render import (ITEM_SEPARATOR, ItemRenderer, join_items,
+                                                 render_catalogue)
 from instructrec_jax.instructions.templates import (TEMPLATES_BY_ID, Template, TemplateSlots,
                                                     slots_for_type, templates_for)
 
@@ -71,6 +72,12 @@ class GeneratorOptions:
     drawn with probability ∝ (its interactions in the training parts + 1)^β among the items the
     user never touched. 0 (the default) is uniform, as the evaluation sets are; 1 draws negatives
     about as popular as the true items are ("hard" negatives). Evaluation records never change.
+    train_next_items: k > 1 makes the target of a sequential matching or reranking (T2, T3)
+    training record whose template target is the bare item the true item followed by the user's
+    next k − 1 training items ("<item_9> <item_12> <item_4>" with id tokens; "; "-separated with
+    titles), fewer near the end of the training part, never a validation or test item: more
+    next-item targets per encoded instruction. The first target token is the one ranking scores
+    (evaluate such a model with `score_eos=False`). Evaluation records never change.
     popular_negatives: with negative_popularity β > 0, how many of each training record's
     negatives are drawn that way; the others are drawn uniformly, and the two kinds are shuffled
     together. None (the default): all of them.
@@ -93,6 +100,7 @@ class GeneratorOptions:
     train_passes: int = 1
     negative_popularity: float = 0.0
     popular_negatives: int | None = None
+    train_next_items: int = 1
 
     def __post_init__(self):
         k = self.templates_per_example
@@ -105,6 +113,8 @@ class GeneratorOptions:
             raise ValueError(f"train_passes must be a positive int, got {self.train_passes!r}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if not isinstance(self.train_next_items, int) or self.train_next_items < 1:
+            raise ValueError(f"train_next_items must be a positive int, got {self.train_next_items!r}")
         if not (isinstance(self.negative_popularity, (int, float))
                 and 0.0 <= self.negative_popularity <= 4.0):
             raise ValueError("negative_popularity must be a number in [0, 4], got "
@@ -154,6 +164,13 @@ class _Catalogue:
         self._query: dict[str, str] = {}
         self._vague: dict[str, str] = {}
         self._sentences: dict[tuple[str, int, bool], str | None] = {}
+
+    def following(self, example: SplitExample, n: int) -> tuple[str, ...]:
+        """Up to n items the user interacted with right after a training example's target, all
+        inside their training part (the last two items, validation and test targets, excluded)."""
+        sequence = self.sequences[example.user_id]
+        end = max(len(sequence) - 2, 0)
+        return tuple(sequence.item_ids[example.position + 1 : min(example.position + 1 + n, end)])
 
     def cumulative_weights(self, pool: tuple[str, ...], exponent: float) -> list[float]:
         """Running sums of (training count + 1)^exponent over `pool`, for weighted draws."""
@@ -378,12 +395,23 @@ class _TypeBuilder:
                 self.cat.items[ex.target], target_text, example.history_items, self.cat.facts)
             target_item = ""
 
+        more = ""  # the next training items after the target (`train_next_items`)
+        if (self.options.train_next_items > 1 and not self.evaluation and target_item
+                and itype.source is ExampleSource.SEQUENTIAL
+                and itype.task_form in (TaskForm.T2, TaskForm.T3)):
+            following = self.cat.following(ex, self.options.train_next_items - 1)
+            if following:
+                separator = " " if self.options.renderer.style == "id_token" else ITEM_SEPARATOR
+                more = separator + separator.join(map(text.__getitem__, following))
+
         slots = TemplateSlots(**values)
         prefix = f"{self.context(ex)} " if self.context is not None else ""
         base_id = f"{self.split}/{self.name}/{ex.user_id}/{ex.position}"
         suffix = self.id_suffix
         for template in self._choose_templates():
             inputs, targets = template.render(slots)
+            if more and template.target == "{target}":
+                targets += more
             if candidates and output is not Output.YES_NO:
                 if template.target == "{target}":
                     candidate_targets = candidate_texts
@@ -609,7 +637,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           max_train_examples_per_type: int | None = None, negatives: int = 9,
                           context: str | ContextFn | None = None, neg99: str = "scenarios",
                           max_eval_examples: int | None = None, train_passes: int = 1,
-                          negative_popularity: float = 0.0, popular_negatives: int | None = None
+                          negative_popularity: float = 0.0, popular_negatives: int | None = None,
+                          train_next_items: int = 1
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -619,7 +648,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
         train_passes=train_passes, negative_popularity=negative_popularity,
-        popular_negatives=popular_negatives)
+        popular_negatives=popular_negatives, train_next_items=train_next_items)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
