@@ -264,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list-max", type=int, default=20, help="most candidates listed in one instruction")
     parser.add_argument("--template", default=None, help="template id of the reranking type (default: its first)")
     parser.add_argument("--scoring", default="sum", choices=ranking.REDUCTIONS)
+    parser.add_argument("--without-eos", action="store_true",
+                        help="score candidates without their EOS (models trained with prepare --train-next-items)")
     parser.add_argument("--include-seen", action="store_true", help="keep the history's items as candidates")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     gin_flags.add_gin_arguments(parser)
@@ -281,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             params = [params, *load_ensemble_params(args.checkpoint[1:], model, start=1)]
         tokenizer = load_vocabulary(path / read_manifest(path).get("vocabulary", "spiece.model"))
-        scorer = ranking.CandidateScorer(model, params, tokenizer, ranking.ScoringConfig(reduction=args.scoring))
+        scorer = ranking.CandidateScorer(model, params, tokenizer, ranking.ScoringConfig(
+            reduction=args.scoring, score_eos=not args.without_eos))
         ranked = rank_items(scorer, request, candidates, item_texts, list_max=args.list_max,
                             template_id=args.template, top=args.top)
     except (ValueError, KeyError, FileNotFoundError) as error:

@@ -153,6 +153,13 @@ def test_command_end_to_end(tmp_path_factory, capsys):
     for item, value in by_run["ab"].items():
         assert value == pytest.approx((by_run["a"][item] + by_run["b"][item]) / 2, rel=1e-6)
     assert any(abs(by_run["a"][i] - by_run["b"][i]) > 1e-3 for i in by_run["ab"])  # two different models
+    # --without-eos: each item's log-likelihood loses its (negative) EOS term, nothing else
+    assert recommend.main(["--checkpoint", str(checkpoint), "--dataset", str(path), "--user", "1000",
+                           "--candidates", "baseline:popularity:8", "--top", "8", "--json",
+                           "--without-eos"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert {r["item_id"] for r in rows} == set(by_run["a"])
+    assert all(r["log_likelihood"] > by_run["a"][r["item_id"]] + 1e-4 for r in rows)
     missing = str(tmp_path_factory.mktemp("none") / "missing")
     assert recommend.main(["--checkpoint", str(checkpoint), "--checkpoint", missing, "--dataset", str(path),
                            "--user", "1000", "--candidates", "baseline:popularity:8"]) == 1

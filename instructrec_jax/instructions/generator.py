@@ -18,7 +18,8 @@ What goes where:
 
 No information from validation/test targets reaches training records: training examples come
 from training positions only, their histories precede the target, derived preferences read only
-the history shown, and training negatives exclude only items of the user's training part.
+the history shown, training negatives exclude only items of the user's training part, and the
+items `train_next_items` adds to a training target stop where that training part ends.
 Training records that pair a specific query (I2) with its item never target an item of the
 product-search validation/test splits, so those queries stay unseen, as the paper's split intends.
 
@@ -72,15 +73,15 @@ class GeneratorOptions:
     drawn with probability ∝ (its interactions in the training parts + 1)^β among the items the
     user never touched. 0 (the default) is uniform, as the evaluation sets are; 1 draws negatives
     about as popular as the true items are ("hard" negatives). Evaluation records never change.
+    popular_negatives: with negative_popularity β > 0, how many of each training record's
+    negatives are drawn that way; the others are drawn uniformly, and the two kinds are shuffled
+    together. None (the default): all of them.
     train_next_items: k > 1 makes the target of a sequential matching or reranking (T2, T3)
     training record whose template target is the bare item the true item followed by the user's
     next k − 1 training items ("<item_9> <item_12> <item_4>" with id tokens; "; "-separated with
     titles), fewer near the end of the training part, never a validation or test item: more
     next-item targets per encoded instruction. The first target token is the one ranking scores
     (evaluate such a model with `score_eos=False`). Evaluation records never change.
-    popular_negatives: with negative_popularity β > 0, how many of each training record's
-    negatives are drawn that way; the others are drawn uniformly, and the two kinds are shuffled
-    together. None (the default): all of them.
     context: None, 'time' (a sentence from the request's timestamp, e.g. "It is a Saturday
     evening in March 1998."), or a function of the example; the sentence is put before the
     instruction.
