@@ -193,7 +193,8 @@ def prepare(source: str, path: str | os.PathLike | None = None,
             context: str | None = None, neg99: str = "scenarios",
             max_eval_examples: int | None = None, train_passes: int = 1,
             train_negative_popularity: float = 0.0,
-            train_popular_negatives: int | None = None, train_next_items: int = 1,
+            train_popular_negatives: int | None = None,
+            train_related_negatives: int | None = None, train_next_items: int = 1,
             workers: int = 1,
             vocab_size: int = DEFAULT_VOCAB_SIZE,
             vocabulary: str | os.PathLike | None = None, overwrite: bool = False,
@@ -216,7 +217,8 @@ def prepare(source: str, path: str | os.PathLike | None = None,
         max_train_examples_per_type=max_train_examples_per_type, negatives=train_negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
         train_passes=train_passes, negative_popularity=train_negative_popularity,
-        popular_negatives=train_popular_negatives, train_next_items=train_next_items)
+        popular_negatives=train_popular_negatives, related_negatives=train_related_negatives,
+        train_next_items=train_next_items)
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
     started = time.perf_counter()
 
@@ -257,6 +259,7 @@ def prepare(source: str, path: str | os.PathLike | None = None,
                        "train_passes": options.train_passes,
                        "train_negative_popularity": options.negative_popularity,
                        "train_popular_negatives": options.popular_negatives,
+                       "train_related_negatives": options.related_negatives,
                        "train_next_items": options.train_next_items,
                        "context": context if isinstance(context, str) or context is None
                        else "custom"},
@@ -339,6 +342,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-popular-negatives", type=int, default=None, metavar="K",
                         help="with --train-negative-popularity, draw only K of each training "
                              "record's negatives that way and the rest uniformly (default: all)")
+    parser.add_argument("--train-related-negatives", type=int, default=None, metavar="K",
+                        help="draw K of each training record's negatives among the 50 items most "
+                             "co-occurring in training with the history's last 5 items, the rest "
+                             "as usual (default: none)")
     parser.add_argument("--train-next-items", type=int, default=1, metavar="K",
                         help="sequential T2/T3 training targets: the true item and the user's next "
                              "K-1 training items (evaluate with --gin.SCORE_EOS=False); default 1")
@@ -369,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_eval_examples=args.max_eval_examples, train_passes=args.train_passes,
                 train_negative_popularity=args.train_negative_popularity,
                 train_popular_negatives=args.train_popular_negatives,
+                train_related_negatives=args.train_related_negatives,
                 train_next_items=args.train_next_items, workers=args.workers,
                 vocab_size=args.vocab_size, vocabulary=args.vocabulary, overwrite=args.overwrite)
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:

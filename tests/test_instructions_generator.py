@@ -457,6 +457,83 @@ def test_a_mixed_list_whose_popular_draw_takes_the_whole_pool_keeps_those_negati
         assert sorted(a.candidates) == sorted(b.candidates)
 
 
+def _related_lists(data, window=10, last=5, pool=50):
+    """For each training record key (user, history), the items a related draw may take: written
+    out plainly (window co-occurrence counted per basket, cosine, summed over the history's last
+    items), with the items tied at the cut kept, since float sums may order exact ties either way."""
+    items = list(data.items)
+    parts = [s.item_ids[:-2] for s in sorted(data.sequences, key=lambda s: s.user_id)]
+    holders = collections.Counter()
+    pairs = collections.Counter()
+    for part in parts:
+        for start in range(len(part)):
+            basket = set(part[start:start + window + 1])
+            holders.update(basket)
+            pairs.update((a, b) for a in basket for b in basket if a != b)
+
+    def similar(a, b):
+        return pairs[a, b] / ((max(holders[a], 1) * max(holders[b], 1)) ** 0.5)
+
+    def allowed(history, exclude, target):
+        scores = {j: sum(similar(h, j) for h in history[-last:]) for j in items}
+        ranked = sorted((j for j in items if scores[j] > 0 and j != target and j not in exclude),
+                        key=lambda j: -scores[j])
+        if len(ranked) > pool:  # the cut may fall inside a group of equal scores: keep the group
+            edge = scores[ranked[pool - 1]]
+            ranked = [j for j in ranked if scores[j] > edge - 1e-9]
+        return ranked
+    return allowed
+
+
+def test_related_training_negatives_come_from_the_history_s_training_neighbours(data):
+    kwargs = dict(types=["p1_i0_t3"], seed=0, negatives=9)
+    uniform = generate_instructions(data, **kwargs)
+    related = generate_instructions(data, related_negatives=9, **kwargs)
+    mixed = generate_instructions(data, related_negatives=4, **kwargs)
+    for out in (related, mixed):  # the shared evaluation sets do not move
+        for split in ("validation", "test"):
+            assert out["p1_i0_t3"][split] == uniform["p1_i0_t3"][split]
+        drawn, _ = _training_negative_counts(out, "p1_i0_t3", data)  # distinct, untouched items
+        assert len(drawn) == 9 * len(data.train)
+    allowed = _related_lists(data)
+    sequences = _sequences(data)
+    examples = {(e.user_id, e.position): e for e in data.train}
+    inside = {"related": [], "mixed": [], "uniform": []}
+    long_lists = 0
+    for name, out in (("related", related), ("mixed", mixed), ("uniform", uniform)):
+        for r in out["p1_i0_t3"]["train"]:
+            sequence = sequences[r.user_id]
+            position = sequence.item_ids.index(r.target_item)
+            ex = examples[r.user_id, position]
+            ok = allowed(ex.history, set(sequence.item_ids[:-2]), ex.target)
+            negatives = [c for i, c in enumerate(r.candidates) if i != r.label_index]
+            hits = sum(n in ok for n in negatives)
+            inside[name].append(hits)
+            if name == "related":
+                if len(ok) >= 9:  # all nine from the neighbours
+                    long_lists += 1
+                    assert hits == 9, (r.example_id, negatives, ok[:12])
+                else:  # every neighbour taken, the rest drawn as usual
+                    assert set(ok) <= set(negatives), (r.example_id, negatives, ok)
+            elif name == "mixed":
+                assert hits >= min(4, len(ok)), (r.example_id, negatives, ok[:12])
+    assert long_lists > len(data.train) // 2  # the exact branch is really exercised
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(inside["uniform"]) + 2 < mean(inside["mixed"]) < mean(inside["related"])
+    # shuffled together: the first listed negative is not always a neighbour
+    firsts = [next(c for i, c in enumerate(r.candidates) if i != r.label_index)
+              for r in mixed["p1_i0_t3"]["train"]]
+    assert len(set(firsts)) > 20
+
+
+def test_related_negatives_bad_values_are_refused():
+    for bad in (0, -1, 10, 2.5, "3"):
+        with pytest.raises(ValueError, match="related_negatives must be an int"):
+            GeneratorOptions(related_negatives=bad)
+    with pytest.raises(ValueError, match="use one of them"):
+        GeneratorOptions(negative_popularity=1.0, popular_negatives=3, related_negatives=3)
+
+
 def test_popular_negatives_bad_values_are_refused():
     with pytest.raises(ValueError, match="needs negative_popularity > 0"):
         GeneratorOptions(popular_negatives=2)

@@ -192,6 +192,9 @@ def test_cli_refuses_a_bad_negative_popularity(ml_dir, tmp_path, capsys):
     (["--train-negative-popularity", "1", "--train-popular-negatives", "10"],
      "popular_negatives must be an int in [0, negatives=9]"),
     (["--train-next-items", "0"], "train_next_items must be a positive int"),
+    (["--train-related-negatives", "10"], "related_negatives must be an int in [1, negatives=9]"),
+    (["--train-negative-popularity", "1", "--train-popular-negatives", "3",
+      "--train-related-negatives", "3"], "use one of them"),
 ])
 def test_cli_refuses_bad_popular_negatives(ml_dir, tmp_path, capsys, flags, message):
     code = prepare_module.main(["--source", "ml-100k", "--path", str(ml_dir), "--out-dir",
@@ -199,3 +202,18 @@ def test_cli_refuses_bad_popular_negatives(ml_dir, tmp_path, capsys, flags, mess
     assert code == 1
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_related_negatives_are_recorded_and_change_training_records_only(ml_dir, tmp_path):
+    common = ["--source", "ml-100k", "--path", str(ml_dir), "--out-dir", str(tmp_path),
+              "--types", "p1_i0_t3", "--renderer", "id_token", "--vocab-size", "1000"]
+    assert prepare_module.main([*common, "--name", "plain"]) == 0
+    assert prepare_module.main([*common, "--name", "rel", "--train-related-negatives", "5"]) == 0
+    assert storage.read_manifest(tmp_path / "rel")["generator"]["train_related_negatives"] == 5
+    assert storage.read_manifest(tmp_path / "plain")["generator"]["train_related_negatives"] is None
+    read = lambda name, split: list(storage.read_instructions(tmp_path / name, "p1_i0_t3", split))  # noqa: E731
+    assert read("rel", "test") == read("plain", "test")
+    assert read("rel", "validation") == read("plain", "validation")
+    plain, rel = read("plain", "train"), read("rel", "train")
+    assert [r.targets for r in plain] == [r.targets for r in rel]
+    assert sum(a.candidates != b.candidates for a, b in zip(plain, rel)) > len(rel) // 2

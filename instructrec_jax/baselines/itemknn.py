@@ -48,11 +48,19 @@ def fit_itemknn(
     prefixes = training_sequences(train)
     items = sorted(set(catalogue) | {item for prefix in prefixes.values() for item in prefix})
     index = {item: i for i, item in enumerate(items)}
+    similarity = cooccurrence_similarity(
+        [[index[item] for item in prefix] for prefix in prefixes.values()], len(items), window=window)
+    return ItemKNN(index=index, similarity=similarity)
+
+
+def cooccurrence_similarity(sequences: Sequence[Sequence[int]], num_items: int, *,
+                            window: int | None = None) -> sp.csr_matrix:
+    """The cosine co-occurrence matrix [num_items, num_items] (zero diagonal) of index sequences:
+    one basket per sequence, or with `window` one per position (the item and the `window` after it)."""
     rows: list[int] = []
     cols: list[int] = []
     group = 0
-    for prefix in prefixes.values():
-        ids = [index[item] for item in prefix]
+    for ids in sequences:
         if window is None:
             # one "basket" per user: each item counted once
             for i in sorted(set(ids)):
@@ -60,14 +68,13 @@ def fit_itemknn(
                 cols.append(i)
             group += 1
         else:
-            # one basket per position: the item and the `window` items after it
             for start in range(len(ids)):
                 for i in sorted(set(ids[start : start + window + 1])):
                     rows.append(group)
                     cols.append(i)
                 group += 1
     baskets = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(max(group, 1), len(items))
+        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(max(group, 1), num_items)
     )
     baskets.data[:] = 1.0  # duplicates summed by the constructor: presence only
     co = (baskets.T @ baskets).tocsr()
@@ -76,5 +83,4 @@ def fit_itemknn(
     co.eliminate_zeros()
     norm = np.sqrt(np.maximum(counts, 1.0))
     inv = sp.diags(1.0 / norm)
-    similarity = (inv @ co @ inv).tocsr()
-    return ItemKNN(index=index, similarity=similarity)
+    return (inv @ co @ inv).tocsr()

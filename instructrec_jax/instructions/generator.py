@@ -5,7 +5,8 @@ What goes where:
   (`templates_per_example=k` draws k distinct templates, 'all' uses every template of the type).
   T3 candidates, the T1 rival and the T0 "no" item are fresh negatives per record, drawn from items
   the user never touched in their training part (never the shared evaluation sets), uniformly or,
-  with `negative_popularity`, weighted by the items' training popularity. T0 alternates
+  with `negative_popularity`, weighted by the items' training popularity, and with
+  `related_negatives` partly from the items that co-occur most with the history in training. T0 alternates
   "yes" (the true next item) and "no" (a negative) per user, so the labels are balanced.
 - validation/test (types with `evaluated`): one record per (evaluation example, template), for
   every template of the type, with the shared candidate sets of `PreparedData.candidates`
@@ -18,7 +19,8 @@ What goes where:
 
 No information from validation/test targets reaches training records: training examples come
 from training positions only, their histories precede the target, derived preferences read only
-the history shown, training negatives exclude only items of the user's training part, and the
+the history shown, training negatives exclude only items of the user's training part, the
+co-occurrence behind `related_negatives` is counted on the training parts only, and the
 items `train_next_items` adds to a training target stop where that training part ends.
 Training records that pair a specific query (I2) with its item never target an item of the
 product-search validation/test splits, so those queries stay unseen, as the paper's split intends.
@@ -39,6 +41,9 @@ import itertools
 import random
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
+from instructrec_jax.baselines.itemknn import cooccurrence_similarity
 from instructrec_jax.data.types import CandidateSet, Item, SplitExample, UserSequence
 from instructrec_jax.instructions import derive
 from instructrec_jax.instructions.format import (INSTRUCTION_TYPES, NEG99_SUFFIX, SCENARIOS,
@@ -54,6 +59,9 @@ from instructrec_jax.instructions.templates import (TEMPLATES_BY_ID, Template, T
 SPLIT_NAMES = {"train": "train", "valid": "validation", "test": "test"}
 GROUP_SIZE = 10  # 99-negative sets are ranked in groups of this many (the paper's protocol)
 RECENT_ITEMS = 3  # how many history items the query+item → history task must recall
+RELATED_WINDOW = 10  # `related_negatives`: co-occurrence within 10 positions (as the item-kNN baseline's)
+RELATED_HISTORY = 5  # ... summed over the similarities of the history's last 5 items
+RELATED_POOL = 50  # ... drawn uniformly among the 50 most similar items the user never touched
 
 ContextFn = Callable[[SplitExample], str]
 
@@ -76,6 +84,13 @@ class GeneratorOptions:
     popular_negatives: with negative_popularity β > 0, how many of each training record's
     negatives are drawn that way; the others are drawn uniformly, and the two kinds are shuffled
     together. None (the default): all of them.
+    related_negatives: k of each training record's negatives (all of them when k ≥ n) drawn
+    uniformly among the RELATED_POOL items most similar to the history's last RELATED_HISTORY
+    items (summed cosine co-occurrence within RELATED_WINDOW positions over the users' training
+    parts: the item-kNN baseline's neighbours) that the user never touched and that are not the
+    target; the others as without it (uniform or by `negative_popularity`), shuffled together.
+    Negatives a sequence model cannot reject for being unrelated to the history. Fewer related
+    items than k (a short or unusual history) leaves the rest to the other draw. None: off.
     train_next_items: k > 1 makes the target of a sequential matching or reranking (T2, T3)
     training record whose template target is the bare item the true item followed by the user's
     next k − 1 training items ("<item_9> <item_12> <item_4>" with id tokens; "; "-separated with
@@ -101,6 +116,7 @@ class GeneratorOptions:
     train_passes: int = 1
     negative_popularity: float = 0.0
     popular_negatives: int | None = None
+    related_negatives: int | None = None
     train_next_items: int = 1
 
     def __post_init__(self):
@@ -128,6 +144,14 @@ class GeneratorOptions:
             if self.negative_popularity == 0.0:
                 raise ValueError("popular_negatives needs negative_popularity > 0 (the exponent "
                                  "those negatives are drawn with)")
+        r = self.related_negatives
+        if r is not None:
+            if not (isinstance(r, int) and 1 <= r <= self.negatives):
+                raise ValueError(f"related_negatives must be an int in [1, negatives="
+                                 f"{self.negatives}] or None, got {r!r}")
+            if k is not None:
+                raise ValueError("related_negatives and popular_negatives both split the "
+                                 "negatives; use one of them")
         if self.neg99 not in ("scenarios", "all", "none"):
             raise ValueError(f"neg99 must be 'scenarios', 'all' or 'none', got {self.neg99!r}")
         if self.context not in (None, "time") and not callable(self.context):
@@ -158,6 +182,8 @@ class _Catalogue:
         self.train_counts = collections.Counter(
             item for s in data.sequences for item in s.item_ids[: max(len(s) - 2, 0)])
         self._cumulative: dict[tuple[int, float], list[float]] = {}
+        self._similarity = None  # item-kNN co-occurrence, built on first use (`related`)
+        self._pool_index = {item: i for i, item in enumerate(self.pool)}
         search = data.search or {}
         self.search_pool = tuple(sorted({e.target for e in search.get("train", [])})) or self.pool
         self.search_eval_items = frozenset(e.target for split in ("valid", "test")
@@ -172,6 +198,29 @@ class _Catalogue:
         sequence = self.sequences[example.user_id]
         end = max(len(sequence) - 2, 0)
         return tuple(sequence.item_ids[example.position + 1 : min(example.position + 1 + n, end)])
+
+    def related(self, history: Sequence[str], exclude: frozenset[str], target: str,
+                within: frozenset[str] | None = None) -> list[str]:
+        """Up to RELATED_POOL items most similar to the history's last RELATED_HISTORY items
+        (positive summed cosine co-occurrence over the training parts), most similar first (ties
+        by catalogue order), none in `exclude`, none equal to `target`, all in `within` if given."""
+        if self._similarity is None:
+            index = self._pool_index
+            parts = [[index[i] for i in s.item_ids[: max(len(s) - 2, 0)] if i in index]
+                     for _, s in sorted(self.sequences.items())]
+            self._similarity = cooccurrence_similarity(parts, len(self.pool), window=RELATED_WINDOW)
+        rows = [self._pool_index[i] for i in history[-RELATED_HISTORY:] if i in self._pool_index]
+        if not rows:
+            return []
+        scores = np.asarray(self._similarity[rows].sum(axis=0)).ravel()
+        out: list[str] = []
+        for j in np.argsort(-scores, kind="stable"):
+            if scores[j] <= 0.0 or len(out) == RELATED_POOL:
+                break
+            item = self.pool[j]
+            if item != target and item not in exclude and (within is None or item in within):
+                out.append(item)
+        return out
 
     def cumulative_weights(self, pool: tuple[str, ...], exponent: float) -> list[float]:
         """Running sums of (training count + 1)^exponent over `pool`, for weighted draws."""
@@ -269,6 +318,7 @@ class _TypeBuilder:
                                           else options.context)
         search = itype.source is ExampleSource.SEARCH
         self.pool = catalogue.search_pool if search else catalogue.pool
+        self._within = frozenset(self.pool) if search else None  # related negatives' pool
         self._yes_next: dict[str, bool] = {}
         self.id_suffix = ""  # "/passk" while pass k > 0 of the training examples is generated
 
@@ -281,12 +331,24 @@ class _TypeBuilder:
             return (self.templates[int(self.rng.random() * len(self.templates))],)
         return self.rng.sample(self.templates, k)
 
-    def _negatives(self, user_id: str, target: str, n: int) -> list[str]:
+    def _negatives(self, user_id: str, target: str, n: int,
+                   history: Sequence[str] = ()) -> list[str]:
         """n distinct items outside the user's training part and ≠ target (fewer if the pool is
         too small to hold n; none at all is an error). Uniform over the pool, or for training
         records with `negative_popularity` β > 0, ∝ (training count + 1)^β; with
-        `popular_negatives` k < n, k of them that way and n − k uniformly, shuffled together."""
+        `popular_negatives` k < n, k of them that way and n − k uniformly, shuffled together;
+        with `related_negatives` k, up to k of them among the items most similar to `history`
+        and the rest by the rule above, shuffled together."""
         beta = 0.0 if self.evaluation else float(self.options.negative_popularity)
+        r = None if self.evaluation else self.options.related_negatives
+        if r is not None:
+            exclude = self.cat.train_items.get(user_id, frozenset())
+            related = self.cat.related(history, exclude, target, self._within)
+            related = self.rng.sample(related, min(r, n, len(related)))
+            mixed = related + self._draw(user_id, target, n - len(related), beta,
+                                         avoid=frozenset(related))
+            self.rng.shuffle(mixed)
+            return mixed
         k = self.options.popular_negatives
         if beta == 0.0 or k is None or k >= n:
             return self._draw(user_id, target, n, beta)
@@ -356,12 +418,12 @@ class _TypeBuilder:
 
         if output is Output.YES_NO:
             yes = self._next_answer(ex.user_id)
-            asked = ex.target if yes else self._negatives(ex.user_id, ex.target, 1)[0]
+            asked = ex.target if yes else self._negatives(ex.user_id, ex.target, 1, ex.history)[0]
             values["item"] = text[asked]
             values["answer"] = "yes" if yes else "no"
             candidates, label = (asked,), (0 if yes else -1)
         elif itype.task_form is TaskForm.T1 and not itype.reversed:
-            rival = self._negatives(ex.user_id, ex.target, 1)[0]
+            rival = self._negatives(ex.user_id, ex.target, 1, ex.history)[0]
             label = self.rng.randrange(2)
             candidates = (ex.target, rival) if label == 0 else (rival, ex.target)
             values["item_a"], values["item_b"] = text[candidates[0]], text[candidates[1]]
@@ -369,7 +431,8 @@ class _TypeBuilder:
             if candidate_set is not None:
                 candidates, label = candidate_set.item_ids, candidate_set.label_index
             else:
-                negatives = self._negatives(ex.user_id, ex.target, self.options.negatives)
+                negatives = self._negatives(ex.user_id, ex.target, self.options.negatives,
+                                            ex.history)
                 label = int(self.rng.random() * (len(negatives) + 1))
                 negatives.insert(label, ex.target)
                 candidates = tuple(negatives)
@@ -639,7 +702,7 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
                           context: str | ContextFn | None = None, neg99: str = "scenarios",
                           max_eval_examples: int | None = None, train_passes: int = 1,
                           negative_popularity: float = 0.0, popular_negatives: int | None = None,
-                          train_next_items: int = 1
+                          related_negatives: int | None = None, train_next_items: int = 1
                           ) -> dict[str, dict[str, list[InstructionRecord]]]:
     """All records in memory: {type name: {split: [records]}} (see `iter_instructions`)."""
     options = GeneratorOptions(
@@ -649,7 +712,8 @@ def generate_instructions(data, *, seed: int = 0, types: Iterable[str] | None = 
         max_train_examples_per_type=max_train_examples_per_type, negatives=negatives,
         context=context, neg99=neg99, max_eval_examples=max_eval_examples,
         train_passes=train_passes, negative_popularity=negative_popularity,
-        popular_negatives=popular_negatives, train_next_items=train_next_items)
+        popular_negatives=popular_negatives, related_negatives=related_negatives,
+        train_next_items=train_next_items)
     out: dict[str, dict[str, list[InstructionRecord]]] = {}
     for name, split, record in iter_instructions(data, options):
         out.setdefault(name, {}).setdefault(split, []).append(record)
