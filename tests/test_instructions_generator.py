@@ -526,6 +526,18 @@ def test_related_training_negatives_come_from_the_history_s_training_neighbours(
     assert len(set(firsts)) > 20
 
 
+def test_related_negatives_of_search_records_stay_in_the_search_pool(data):
+    """Product-search records draw negatives among the search training targets; the related
+    draw keeps to that pool too."""
+    pool = {e.target for e in data.search["train"]}
+    out = generate_instructions(data, types=["p0_i2_t3"], seed=0, negatives=9,
+                                related_negatives=9)
+    plain = generate_instructions(data, types=["p0_i2_t3"], seed=0, negatives=9)
+    train = out["p0_i2_t3"]["train"]
+    assert train and all(set(r.candidates) <= pool for r in train)
+    assert [r.candidates for r in train] != [r.candidates for r in plain["p0_i2_t3"]["train"]]
+
+
 def test_related_negatives_bad_values_are_refused():
     for bad in (0, -1, 10, 2.5, "3"):
         with pytest.raises(ValueError, match="related_negatives must be an int"):

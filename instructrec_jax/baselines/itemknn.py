@@ -49,14 +49,15 @@ def fit_itemknn(
     items = sorted(set(catalogue) | {item for prefix in prefixes.values() for item in prefix})
     index = {item: i for i, item in enumerate(items)}
     similarity = cooccurrence_similarity(
-        [[index[item] for item in prefix] for prefix in prefixes.values()], len(items), window=window)
+        [[index[item] for item in prefix] for prefix in prefixes.values()], len(items),
+        window=window)
     return ItemKNN(index=index, similarity=similarity)
 
 
 def cooccurrence_similarity(sequences: Sequence[Sequence[int]], num_items: int, *,
                             window: int | None = None) -> sp.csr_matrix:
-    """The cosine co-occurrence matrix [num_items, num_items] (zero diagonal) of index sequences:
-    one basket per sequence, or with `window` one per position (the item and the `window` after it)."""
+    """The cosine co-occurrence matrix [num_items, num_items] (zero diagonal) of index
+    sequences: one basket per sequence, or with `window` one per position."""
     rows: list[int] = []
     cols: list[int] = []
     group = 0
@@ -68,6 +69,7 @@ def cooccurrence_similarity(sequences: Sequence[Sequence[int]], num_items: int, 
                 cols.append(i)
             group += 1
         else:
+            # one basket per position: the item and the `window` items after it
             for start in range(len(ids)):
                 for i in sorted(set(ids[start : start + window + 1])):
                     rows.append(group)

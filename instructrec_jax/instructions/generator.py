@@ -6,8 +6,9 @@ What goes where:
   T3 candidates, the T1 rival and the T0 "no" item are fresh negatives per record, drawn from items
   the user never touched in their training part (never the shared evaluation sets), uniformly or,
   with `negative_popularity`, weighted by the items' training popularity, and with
-  `related_negatives` partly from the items that co-occur most with the history in training. T0 alternates
-  "yes" (the true next item) and "no" (a negative) per user, so the labels are balanced.
+  `related_negatives` partly from the items that co-occur most with the history in training.
+  T0 alternates "yes" (the true next item) and "no" (a negative) per user, so the labels are
+  balanced.
 - validation/test (types with `evaluated`): one record per (evaluation example, template), for
   every template of the type, with the shared candidate sets of `PreparedData.candidates`
   (search types: `search_candidates`), so every method ranks the same items. `_neg99` types hold
@@ -59,7 +60,7 @@ from instructrec_jax.instructions.templates import (TEMPLATES_BY_ID, Template, T
 SPLIT_NAMES = {"train": "train", "valid": "validation", "test": "test"}
 GROUP_SIZE = 10  # 99-negative sets are ranked in groups of this many (the paper's protocol)
 RECENT_ITEMS = 3  # how many history items the query+item → history task must recall
-RELATED_WINDOW = 10  # `related_negatives`: co-occurrence within 10 positions (as the item-kNN baseline's)
+RELATED_WINDOW = 10  # `related_negatives`: co-occurrence within 10 positions (as item-kNN's)
 RELATED_HISTORY = 5  # ... summed over the similarities of the history's last 5 items
 RELATED_POOL = 50  # ... drawn uniformly among the 50 most similar items the user never touched
 
