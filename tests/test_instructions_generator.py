@@ -458,7 +458,7 @@ def test_a_mixed_list_whose_popular_draw_takes_the_whole_pool_keeps_those_negati
 
 
 def _related_lists(data, window=10, last=5, pool=50):
-    """For each training record key (user, history), the items a related draw may take: written
+    """A function (history, excluded items, target) → the items a related draw may take, written
     out plainly (window co-occurrence counted per basket, cosine, summed over the history's last
     items), with the items tied at the cut kept, since float sums may order exact ties either way."""
     items = list(data.items)
