@@ -196,7 +196,7 @@ def test_cli_refuses_a_bad_negative_popularity(ml_dir, tmp_path, capsys):
     (["--train-negative-popularity", "1", "--train-popular-negatives", "3",
       "--train-related-negatives", "3"], "use one of them"),
 ])
-def test_cli_refuses_bad_popular_negatives(ml_dir, tmp_path, capsys, flags, message):
+def test_cli_refuses_bad_training_record_options(ml_dir, tmp_path, capsys, flags, message):
     code = prepare_module.main(["--source", "ml-100k", "--path", str(ml_dir), "--out-dir",
                                 str(tmp_path), "--types", "p1_i0_t3", *flags])
     assert code == 1
