@@ -24,9 +24,11 @@ def _initialised_size(config: T5Config) -> int:
              num_decoder_layers=3, relative_attention_num_buckets=12),
     T5Config(vocab_size=50, d_model=24, d_ff=40, num_heads=3, d_kv=5, num_encoder_layers=1,
              num_decoder_layers=1, logits_via_embedding=True),
+    T5Config(vocab_size=50, d_model=24, d_ff=40, num_heads=3, d_kv=5, num_encoder_layers=1,
+             num_decoder_layers=1, pointer_generator=True),
     T5Config.preset("tiny"),
     T5Config.preset("small"),
-], ids=["uneven", "tied", "tiny", "small"])
+], ids=["uneven", "tied", "pointer", "tiny", "small"])
 def test_num_params_equals_the_initialised_tree(config):
     assert num_params(config) == _initialised_size(config)
 

@@ -112,6 +112,9 @@ def config_from_hf(hf_config: Mapping[str, Any], *, source: str = CONFIG_FILE,
 
 def hf_config_dict(config: T5Config) -> dict[str, Any]:
     """An HF `T5Config` dict (config.json) describing `config`."""
+    if config.pointer_generator:
+        raise ValueError("a model with T5Config.pointer_generator has no Hugging Face T5 form "
+                         "(transformers' T5 has no copy head)")
     tied = config.logits_via_embedding
     return {
         "architectures": ["T5ForConditionalGeneration"],
@@ -207,6 +210,9 @@ def load_hf_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[T5C
     scaled = _scales_decoder_output(hf_config)
     config = config_from_hf(hf_config, source=str(config_path),
                             logits_via_embedding=scaled and not has_head, **config_overrides)
+    if config.pointer_generator:
+        raise CheckpointFormatError(directory, "a Hugging Face T5 checkpoint has no pointer-generator "
+                                               "weights; load it without pointer_generator=True")
     expected = param_shapes(config)
     dtype = config.parameter_dtype
 
@@ -259,6 +265,7 @@ def save_hf_checkpoint(config: T5Config, params: Any, path: str | os.PathLike, *
     """Write `params` as an HF Flan-T5 directory that `T5ForConditionalGeneration.from_pretrained`
     loads: config.json plus model.safetensors, or shards + index json when `max_shard_bytes` is
     given. Float32 tensors; the directory appears atomically."""
+    hf_config = hf_config_dict(config)  # refuses a config transformers cannot express
     flat = _flat_numpy(params)
     expected = param_shapes(config)
     missing = sorted(set(expected) - set(flat))
@@ -275,7 +282,7 @@ def save_hf_checkpoint(config: T5Config, params: Any, path: str | os.PathLike, *
             flat["decoder/logits_dense/kernel"].astype(np.float32).T)
 
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config_dict(config), indent=2) + "\n",
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n",
                                        encoding="utf-8")
         metadata = {"format": "pt"}
         if max_shard_bytes is None:

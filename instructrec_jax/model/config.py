@@ -52,6 +52,9 @@ class T5Config:
     param_dtype: str = "float32"  # stored parameters
     remat_policy: str = "none"  # 'none' | 'full' | 'minimal' (per layer)
     logits_via_embedding: bool = False  # True: T5 1.0-style tied output, scaled by d_model**-0.5
+    # True: a pointer-generator copy head over the encoder input (t5.PointerGenerator); not
+    # Flan-T5, so such a model has no Hugging Face form.
+    pointer_generator: bool = False
 
     def __post_init__(self):
         positive = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
@@ -121,4 +124,6 @@ def num_params(config: T5Config) -> int:
     total += config.num_decoder_layers * decoder_layer + relpos + d
     if not config.logits_via_embedding:
         total += d * vocab  # decoder/logits_dense
+    if config.pointer_generator:
+        total += 2 * d * config.d_kv + d  # pointer/query, pointer/key, pointer/gate
     return total

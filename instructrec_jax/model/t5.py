@@ -327,15 +327,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The decoder stack, `decoder_norm` and (untied) `logits_dense`; returns float32 logits or,
-    with `logits_via_embedding`, the final hidden states for the caller to project."""
+    """The decoder stack, `decoder_norm` and (untied) `logits_dense`; returns the final hidden
+    states and float32 logits, or None for the logits with `logits_via_embedding` (the caller
+    projects the hidden states onto the embedding table)."""
 
     config: T5Config
 
     @nn.compact
     def __call__(self, y: Array, encoded: Array, self_mask: Array | None, cross_mask: Array,
                  deterministic: bool, decode: bool = False,
-                 max_decode_length: int | None = None) -> Array:
+                 max_decode_length: int | None = None) -> tuple[Array, Array | None]:
         cfg = self.config
         relpos_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
         cache_index = None
@@ -368,12 +369,61 @@ class Decoder(nn.Module):
                     name="decoder_norm")(y)
         y = _residual_dropout(cfg, y, deterministic)
         if cfg.logits_via_embedding:
-            return y
+            return y, None
         kernel = Kernel((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), _fan_in_truncated_normal(),
                         cfg.parameter_dtype, name="logits_dense")()
         # float32 logits for a stable softmax, as T5X.
         logits = jnp.einsum("bld,dv->blv", y.astype(jnp.float32), kernel.astype(jnp.float32))
-        return _constrain(logits, ("batch", "length", "vocab"))
+        return y, _constrain(logits, ("batch", "length", "vocab"))
+
+
+class PointerGenerator(nn.Module):
+    """A copy mechanism over the encoder input (See et al., 2017), `T5Config.pointer_generator`.
+
+    Not part of Flan-T5, and off by default. Each decoder position attends, with one extra head of
+    width d_kv, from its final hidden state to the encoder's final states; the attention mass on the
+    input positions holding a token is that token's copy probability. A sigmoid gate g from the
+    same hidden state mixes the two distributions, so the returned "logits" are log-probabilities:
+
+        log p(v) = log(g · softmax(logits)_v + (1 − g) · Σ_{j: x_j = v} a_j)
+
+    Padding and, when packed, other segments' input positions get no attention (`cross_mask`, the
+    decoder's cross-attention mask). A token absent from the input has copy probability 0 and
+    keeps log g + its generated log-probability, so the result is finite everywhere and sums to 1
+    over the vocabulary: the losses' log-normaliser of it is 0 (no z-loss), and re-normalising it
+    (the ranker's log_softmax) changes nothing.
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, hidden: Array, logits: Array, encoded: Array, encoder_input_tokens: Array,
+                 cross_mask: Array) -> Array:
+        cfg = self.config
+        f32 = jnp.float32
+        query = Kernel((cfg.d_model, cfg.d_kv), ("embed", "kv"), _fan_in_normal(), cfg.parameter_dtype,
+                       name="query")()
+        key = Kernel((cfg.d_model, cfg.d_kv), ("embed", "kv"), _fan_in_normal(), cfg.parameter_dtype,
+                     name="key")()
+        gate = Kernel((cfg.d_model, 1), ("embed", "kv"), nn.initializers.zeros, cfg.parameter_dtype,
+                      name="gate")()
+        h = hidden.astype(f32)
+        q = jnp.einsum("btd,dk->btk", h, query.astype(f32))
+        k = jnp.einsum("bsd,dk->bsk", encoded.astype(f32), key.astype(f32))
+        scores = jnp.einsum("btk,bsk->bts", q, k) / jnp.sqrt(f32(cfg.d_kv))
+        attention = jax.nn.softmax(jnp.where(cross_mask, scores, MASK_VALUE), axis=-1)
+        attention = jnp.where(cross_mask, attention, 0.0)  # a fully masked row copies nothing
+        tokens = encoder_input_tokens.astype(jnp.int32)
+        copy = jax.vmap(lambda a, x: jnp.zeros((a.shape[0], cfg.vocab_size), f32).at[:, x].add(a))(
+            attention, tokens)
+        gate_logit = jnp.einsum("btd,do->bto", h, gate.astype(f32))
+        present = copy > 0
+        # The inner where keeps log's gradient finite where the copy probability is 0.
+        log_copy = jnp.where(present, jnp.log(jnp.where(present, copy, 1.0)), -jnp.inf)
+        log_generate = jax.nn.log_softmax(logits.astype(f32), axis=-1)
+        out = jnp.logaddexp(jax.nn.log_sigmoid(gate_logit) + log_generate,
+                            jax.nn.log_sigmoid(-gate_logit) + log_copy)
+        return _constrain(out, ("batch", "length", "vocab"))
 
 
 def encoder_mask(encoder_input_tokens: Array, encoder_segment_ids: Array | None = None) -> Array:
@@ -417,6 +467,8 @@ class Transformer(nn.Module):
         self.token_embedder = Embed(self.config)
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
+        if self.config.pointer_generator:
+            self.pointer = PointerGenerator(self.config)
 
     def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
                encoder_positions: Array | None = None, enable_dropout: bool = False) -> Array:
@@ -454,11 +506,14 @@ class Transformer(nn.Module):
                                                   decoder_input_tokens.shape[1],
                                                   encoder_segment_ids, decoder_segment_ids)
         y = self.token_embedder(decoder_input_tokens)
-        out = self.decoder(y, encoded, self_mask, cross_mask, deterministic=not enable_dropout,
-                           decode=decode, max_decode_length=max_decode_length)
+        hidden, logits = self.decoder(y, encoded, self_mask, cross_mask,
+                                      deterministic=not enable_dropout, decode=decode,
+                                      max_decode_length=max_decode_length)
         if self.config.logits_via_embedding:
-            out = self.token_embedder.attend(out) / jnp.sqrt(jnp.float32(self.config.d_model))
-        return out
+            logits = self.token_embedder.attend(hidden) / jnp.sqrt(jnp.float32(self.config.d_model))
+        if self.config.pointer_generator:
+            logits = self.pointer(hidden, logits, encoded, encoder_input_tokens, cross_mask)
+        return logits
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array | None = None, encoder_segment_ids: Array | None = None,
