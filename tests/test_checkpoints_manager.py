@@ -86,6 +86,25 @@ def test_orbax_checkpoint_is_found_from_model_dir_checkpoints_dir_or_step_dir(tm
     np.testing.assert_array_equal(loaded.params["scale"], np.arange(3.0) + 7.0)
 
 
+def test_orbax_params_that_do_not_fit_the_model_are_listed_before_reading(tmp_path):
+    """A model with a parameter the checkpoint lacks (e.g. T5Config.pointer_generator switched on),
+    one without a parameter it holds, or a different shape: each named, not Orbax's tree dump."""
+    _save(tmp_path, [3])
+    abstract = dict(_abstract(_state(0.0)).params)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract["pointer"] = {"gate": {"kernel": jax.ShapeDtypeStruct((4, 1), jnp.float32, sharding=device)}}
+    with pytest.raises(manager.CheckpointError) as error:
+        manager.load_weights(tmp_path, abstract)
+    assert "missing (1): pointer/gate/kernel" in str(error.value) and "pointer_generator" in str(error.value)
+    del abstract["pointer"], abstract["scale"]
+    abstract["dense"] = {"kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32, sharding=device)}
+    with pytest.raises(manager.CheckpointError) as error:
+        manager.load_weights(tmp_path, abstract)
+    message = str(error.value)
+    assert "unexpected (1): scale" in message
+    assert "dense/kernel: checkpoint shape (4, 3), model shape (3, 4)" in message
+
+
 def test_unrecognised_checkpoint_path_says_what_was_expected(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(manager.CheckpointError, match="config.json.*model.safetensors.*T5X"):

@@ -214,7 +214,12 @@ def load_weights(path: str | epath.Path, abstract_params: Any) -> LoadedWeights:
     kind = checkpoint_kind(path)
     if kind == "orbax":
         step_dir = find_orbax_step_dir(path)
-        params = ocp.StandardCheckpointer().restore(step_dir / "params", abstract_params)
+        checkpointer = ocp.StandardCheckpointer()
+        # Orbax's own mismatch error prints whole subtrees; ours lists the differing names.
+        stored = checkpointer.metadata(step_dir / "params")
+        check_param_shapes(flat_shapes(getattr(stored, "item_metadata", stored)),
+                           flat_shapes(abstract_params), source=str(step_dir))
+        params = checkpointer.restore(step_dir / "params", abstract_params)
         metadata = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "metadata")
         return LoadedWeights(params, int(metadata.get("step", int(step_dir.name))), kind, str(step_dir))
     if kind == "hf":
@@ -235,8 +240,22 @@ def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
     """Checks host arrays against the expected tree and puts each one into its sharding."""
     if isinstance(host_params, dict) and set(host_params) == {"params"}:
         host_params = host_params["params"]
-    expected = flat_shapes(abstract_params)
-    found = flat_shapes(host_params)
+    check_param_shapes(flat_shapes(host_params), flat_shapes(abstract_params), source=source)
+    host_by_key = dict(named_leaves(host_params))
+
+    def put(key_path, target):
+        key = path_name(key_path)
+        value = jax.numpy.asarray(host_by_key[key], dtype=target.dtype)
+        sharding = getattr(target, "sharding", None)
+        return jax.device_put(value, sharding) if sharding is not None else value
+
+    return jax.tree_util.tree_map_with_path(put, abstract_params)
+
+
+def check_param_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], *,
+                       source: str) -> None:
+    """Raises a CheckpointError listing the missing, unexpected and differently shaped parameters
+    of a checkpoint (`found`) against the model (`expected`), both as `flat_shapes` gives them."""
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
@@ -248,17 +267,9 @@ def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
             lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:10])}")
         for key in wrong[:10]:
             lines.append(f"  {key}: checkpoint shape {found[key]}, model shape {expected[key]}")
-        lines.append("  (check the model gin file and NUM_EMBEDDINGS against the checkpoint's config)")
+        lines.append("  (check the model gin file, NUM_EMBEDDINGS and T5Config flags such as "
+                     "pointer_generator against the config.gin of the run that wrote it)")
         raise CheckpointError("\n".join(lines))
-    host_by_key = dict(named_leaves(host_params))
-
-    def put(key_path, target):
-        key = path_name(key_path)
-        value = jax.numpy.asarray(host_by_key[key], dtype=target.dtype)
-        sharding = getattr(target, "sharding", None)
-        return jax.device_put(value, sharding) if sharding is not None else value
-
-    return jax.tree_util.tree_map_with_path(put, abstract_params)
 
 
 def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
