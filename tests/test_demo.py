@@ -133,3 +133,29 @@ def test_sasrec_init_gin_is_the_neg19_recipe_with_the_sasrec_initialiser():
         gin.clear_config()
     assert "param_initializers = [@item_init.SASRecItemInit()]" in config, config
     assert "item_init.SASRecItemInit.epochs = 40" in config and "seed = %RANDOM_SEED" in config
+
+
+def test_pointer_gin_is_the_neg19_recipe_with_the_copy_head():
+    """gin/experiments/ml100k_long_neg19_pointer.gin = ml100k_long_neg19.gin with
+    `T5Config.pointer_generator`; the evaluation command it documents sets the same flag."""
+    import gin
+
+    from instructrec_jax import gin_flags
+    from instructrec_jax.model.config import T5Config
+
+    gin_file = "gin/experiments/ml100k_long_neg19_pointer.gin"
+    expected = {**LONG_RECIPE, "DATASET": "ml100kneg19",
+                "MIXTURE_OR_TASK_NAME": "instructrec_ml100kneg19_p1_i0_t3",
+                "TASK_FEATURE_LENGTHS": {"inputs": 160, "targets": 4}}
+    assert _macros(gin_file, *expected) == expected
+    flags, _ = gin_flags.parse_gin_flags([f"--gin_file={gin_file}"])
+    gin.clear_config()
+    try:
+        gin_flags.configure_gin(flags, finalize=False)
+        assert gin.query_parameter("config.T5Config.pointer_generator") is True
+        assert gin.query_parameter("config.T5Config.d_model") == 128
+    finally:
+        gin.clear_config()
+    assert T5Config().pointer_generator is False  # the default model stays Flan-T5
+    text = open(gin_file, encoding="utf-8").read()
+    assert "instructrec eval" in text and "--gin.config.T5Config.pointer_generator=True" in text
