@@ -389,9 +389,10 @@ class PointerGenerator(nn.Module):
 
     Padding and, when packed, other segments' input positions get no attention (`cross_mask`, the
     decoder's cross-attention mask). A token absent from the input has copy probability 0 and
-    keeps log g + its generated log-probability, so the result is finite everywhere and sums to 1
-    over the vocabulary: the losses' log-normaliser of it is 0 (no z-loss), and re-normalising it
-    (the ranker's log_softmax) changes nothing.
+    keeps log g + its generated log-probability, so the result is finite everywhere. At every
+    position that sees at least one input token it sums to 1 over the vocabulary: the losses'
+    log-normaliser of it is 0 (no z-loss), and re-normalising it (the ranker's log_softmax) changes
+    nothing. A fully masked row (decoder padding) copies nothing and sums to g; it carries no loss.
     """
 
     config: T5Config
