@@ -241,14 +241,18 @@ def test_decoder_is_causal(forward, params):
     assert np.abs(after[0, 5:] - base[0, 5:]).max() > 1e-3
 
 
-def test_cached_decoding_matches_teacher_forcing_step_by_step(model, forward, params):
-    arrays, _ = _place([[_example(5, 9, 9)], [_example(6, 14, 9)], [_example(7, 3, 9)]])
-    full = _run(forward, params, arrays)
+def assert_cached_decoding_matches(model, params, arrays, full):
+    """Step-by-step decoding with the cache gives teacher forcing's logits `full` at every step."""
     encoded = model.encode(params, arrays["enc"])
     step_fn, cache = model.decoder_step_fn(params, encoded, arrays["enc"], DEC_LEN)
     for t in range(DEC_LEN):
         logits, cache = step_fn(arrays["dec_in"][:, t:t + 1], cache)
         np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=2e-5, err_msg=f"step {t}")
+
+
+def test_cached_decoding_matches_teacher_forcing_step_by_step(model, forward, params):
+    arrays, _ = _place([[_example(5, 9, 9)], [_example(6, 14, 9)], [_example(7, 3, 9)]])
+    assert_cached_decoding_matches(model, params, arrays, _run(forward, params, arrays))
 
 
 def test_dropout_acts_only_when_enabled(forward, params):

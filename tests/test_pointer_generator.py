@@ -13,19 +13,27 @@ from instructrec_jax.model.encoder_decoder import EncoderDecoderModel
 from instructrec_jax.model.t5 import Transformer, decoder_masks, param_shapes, random_params
 from ranking_fixtures import CharTokenizer, tiny_config
 from ranking_fixtures import random_params as ranking_params
-from test_model_t5 import CONFIG, DEC_LEN, _example, _place
+from test_model_t5 import CONFIG, _example, _place, assert_cached_decoding_matches
 
 POINTER = CONFIG.replace(pointer_generator=True)
+# the copy head mixes whichever generated logits the model makes: its own projection or, tied,
+# the token embedding's transpose
+TIED = POINTER.replace(logits_via_embedding=True)
+
+
+@pytest.fixture(scope="module", params=[POINTER, TIED], ids=["untied", "tied"])
+def config(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def params():
-    return random_params(POINTER, seed=3)
+def params(config):
+    return random_params(config, seed=3)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return EncoderDecoderModel(POINTER)
+def model(config):
+    return EncoderDecoderModel(config)
 
 
 def _log_softmax(x):
@@ -33,7 +41,7 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def _reference(params, enc, dec_in, dec_tgt):
+def _reference(config, params, enc, dec_in, dec_tgt):
     """log p from the formula, in numpy, on the plain decoder's hidden states and logits."""
 
     def plain(module, enc, dec_in, dec_tgt):
@@ -41,12 +49,15 @@ def _reference(params, enc, dec_in, dec_tgt):
         self_mask, cross_mask = decoder_masks(enc, dec_tgt, dec_in.shape[1])
         hidden, logits = module.decoder(module.token_embedder(dec_in), encoded, self_mask, cross_mask,
                                         deterministic=True)
+        if config.logits_via_embedding:
+            assert logits is None
+            logits = module.token_embedder.attend(hidden) / np.sqrt(config.d_model)
         return encoded, hidden, logits
 
-    encoded, hidden, logits = map(np.asarray, Transformer(POINTER).apply(
+    encoded, hidden, logits = map(np.asarray, Transformer(config).apply(
         {"params": params}, enc, dec_in, dec_tgt, method=plain))
     p = {k: np.asarray(v["kernel"], np.float64) for k, v in params["pointer"].items()}
-    scores = np.einsum("btk,bsk->bts", hidden @ p["query"], encoded @ p["key"]) / np.sqrt(POINTER.d_kv)
+    scores = np.einsum("btk,bsk->bts", hidden @ p["query"], encoded @ p["key"]) / np.sqrt(config.d_kv)
     real = np.asarray(enc) > 0
     scores = np.where(real[:, None, :], scores, -np.inf)
     attention = np.exp(scores - scores.max(-1, keepdims=True))
@@ -62,21 +73,21 @@ def _reference(params, enc, dec_in, dec_tgt):
         return np.log(mixed)
 
 
-def test_output_is_the_gated_mixture_of_generating_and_copying(params):
+def test_output_is_the_gated_mixture_of_generating_and_copying(config, params):
     # token 5 twice in the first row (its copy mass adds up), padding after EOS, and target tokens
     # that are absent from the input (copy probability 0: only the generated share remains)
     enc = jnp.array([[5, 6, 7, 5, 1, 0, 0], [9, 8, 12, 13, 14, 15, 1]])
     dec_tgt = jnp.array([[5, 9, 1, 0], [13, 3, 21, 1]])
     dec_in = jnp.pad(dec_tgt[:, :-1], ((0, 0), (1, 0)))
-    got = np.asarray(Transformer(POINTER).apply({"params": params}, enc, dec_in, dec_tgt))
-    expected = _reference(params, enc, dec_in, dec_tgt)
+    got = np.asarray(Transformer(config).apply({"params": params}, enc, dec_in, dec_tgt))
+    expected = _reference(config, params, enc, dec_in, dec_tgt)
     real = np.asarray(dec_tgt) > 0
     np.testing.assert_allclose(got[real], expected[real], rtol=1e-5, atol=1e-5)
     # a distribution at every real target position, finite everywhere (padding rows copy nothing)
     np.testing.assert_allclose(np.asarray(jax.nn.logsumexp(got, -1))[real], 0.0, atol=1e-5)
     assert np.isfinite(got).all()
     # the copy head matters: input tokens gain over the plain model's distribution, others lose
-    gate_off = _log_softmax(np.asarray(Transformer(CONFIG).apply(
+    gate_off = _log_softmax(np.asarray(Transformer(config.replace(pointer_generator=False)).apply(
         {"params": {k: v for k, v in params.items() if k != "pointer"}}, enc, dec_in, dec_tgt),
         np.float64))
     assert (got[0, 0, 5] - gate_off[0, 0, 5]) > 0 > (got[0, 0, 20] - gate_off[0, 0, 20])
@@ -102,12 +113,7 @@ def test_cached_decoding_matches_teacher_forcing(model, params):
     arrays, _ = _place([[_example(5, 9, 9)], [_example(6, 14, 9)], [_example(7, 3, 9)]])
     batch = dict(encoder_input_tokens=arrays["enc"], decoder_input_tokens=arrays["dec_in"],
                  decoder_target_tokens=arrays["dec_tgt"])
-    full = np.asarray(model.logits(params, batch))
-    encoded = model.encode(params, arrays["enc"])
-    step_fn, cache = model.decoder_step_fn(params, encoded, arrays["enc"], DEC_LEN)
-    for t in range(DEC_LEN):
-        logits, cache = step_fn(arrays["dec_in"][:, t:t + 1], cache)
-        np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=2e-5, err_msg=f"step {t}")
+    assert_cached_decoding_matches(model, params, arrays, np.asarray(model.logits(params, batch)))
 
 
 def test_gradients_are_finite_and_reach_the_pointer(model, params):
