@@ -86,7 +86,29 @@ def configure_gin(flags: GinFlags, *, finalize: bool = True) -> None:
     try:
         gin.parse_config_files_and_bindings(files, flags.bindings, finalize_config=finalize)
     except (ValueError, NameError, TypeError, ImportError, SyntaxError) as error:
-        raise GinConfigError(f"gin configuration error: {error}") from error
+        message = f"gin configuration error: {error}"
+        binding = _failing_binding(error, flags.bindings)
+        if binding is not None:
+            message += f"\n  in the binding: {binding}"
+            if "'" not in binding and '"' not in binding and "/" in binding:
+                message += ("\n  (a string value needs quotes inside the binding, e.g. "
+                            "--gin.MODEL_DIR=\"'/tmp/run'\")")
+        raise GinConfigError(message) from error
+
+
+def _failing_binding(error: Exception, bindings: Sequence[str]) -> str | None:
+    """The binding a gin syntax error points at, or None when the error is in a file.
+
+    gin parses the bindings as one text joined by newlines and reports only a line number there.
+    """
+    if not isinstance(error, SyntaxError) or error.filename or not error.lineno:
+        return None
+    line = 1
+    for binding in bindings:
+        line += binding.count("\n") + 1
+        if error.lineno < line:
+            return binding
+    return None
 
 
 class GinConfigError(ValueError):

@@ -76,6 +76,37 @@ def test_bad_binding_is_reported_as_a_gin_error():
         gin.clear_config()
 
 
+@pytest.mark.parametrize("bindings, named", [
+    # gin itself reports only "(line 3)" of the bindings joined by newlines
+    (("A = 1", "B = [1,\n 2]", "EVAL_OUTPUT_DIR = /tmp/run"), "EVAL_OUTPUT_DIR = /tmp/run"),
+    (("A = 1", "B = 1 2", "C = 3"), "B = 1 2"),
+])
+def test_unparseable_binding_is_named(bindings, named):
+    flags = gin_flags.GinFlags(files=(), bindings=bindings, search_paths=())
+    gin.clear_config()
+    try:
+        with pytest.raises(gin_flags.GinConfigError) as raised:
+            gin_flags.configure_gin(flags, finalize=False)
+    finally:
+        gin.clear_config()
+    assert str(raised.value).splitlines()[1] == f"  in the binding: {named}"
+    # an unquoted path gets the hint about quoting strings; other values do not
+    assert ("needs quotes" in str(raised.value)) == ("/" in named)
+
+
+def test_unparseable_file_is_named_without_blaming_a_binding(tmp_path):
+    (tmp_path / "bad.gin").write_text("A = 1\nB = /tmp/x\n")
+    flags = gin_flags.GinFlags(files=(str(tmp_path / "bad.gin"),), bindings=("C = 1",),
+                               search_paths=())
+    gin.clear_config()
+    try:
+        with pytest.raises(gin_flags.GinConfigError, match=r"bad\.gin, line 2") as raised:
+            gin_flags.configure_gin(flags, finalize=False)
+    finally:
+        gin.clear_config()
+    assert "in the binding" not in str(raised.value)
+
+
 REQUIRED = ['--gin.MODEL_DIR="/tmp/unused"', '--gin.MIXTURE_OR_TASK_NAME="unused"',
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}", "--gin.TRAIN_STEPS=5"]
 
