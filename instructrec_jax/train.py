@@ -292,14 +292,22 @@ def _initial_state(model, optimizer, partitioner, rng, init_shapes, state_shardi
     """A fresh state: random parameters made directly in their shardings, or initial weights."""
     path = checkpoint_cfg.initial_checkpoint_path
     if path:
-        loaded = checkpoints.load_weights(path, abstract_state.params)
+        loaded = checkpoints.load_weights(path, abstract_state.params,
+                                          strict=checkpoint_cfg.initial_checkpoint_strict)
         step = 0 if checkpoint_cfg.reset_initial_step else loaded.step
         log.info("initial weights from %s checkpoint %s (step %d)", loaded.kind, loaded.path, step)
+        params = loaded.params
+        if loaded.missing:
+            log.warning("%d parameters are not in the initial checkpoint and start from their random "
+                        "initialisation: %s", len(loaded.missing), ", ".join(loaded.missing))
+            fresh = partitioner.jit(lambda: nn.unbox(model.init_params(rng, init_shapes)),
+                                    in_shardings=(), out_shardings=state_shardings.params)()
+            params = checkpoints.merge_params(fresh, loaded.params)
         init_opt = partitioner.jit(
             lambda params: train_state.init_train_state(params, optimizer, step),
             in_shardings=(state_shardings.params,), out_shardings=state_shardings,
         )
-        return init_opt(loaded.params)
+        return init_opt(params)
 
     def init():
         params = nn.unbox(model.init_params(rng, init_shapes))

@@ -105,6 +105,56 @@ def test_orbax_params_that_do_not_fit_the_model_are_listed_before_reading(tmp_pa
     assert "dense/kernel: checkpoint shape (4, 3), model shape (3, 4)" in message
 
 
+def test_non_strict_load_leaves_the_parameters_a_checkpoint_lacks_to_the_caller(tmp_path):
+    """T5X's `strict=False`: a new head on old weights is read, the head named as missing."""
+    _save(tmp_path, [3])
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = dict(_abstract(_state(0.0)).params)
+    abstract["pointer"] = {"gate": {"kernel": jax.ShapeDtypeStruct((4, 1), jnp.float32, sharding=device)},
+                           "key": {"kernel": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=device)}}
+    with pytest.raises(manager.CheckpointError, match="initial_checkpoint_strict = False"):
+        manager.load_weights(tmp_path, abstract)
+    loaded = manager.load_weights(tmp_path, abstract, strict=False)
+    assert loaded.missing == ("pointer/gate/kernel", "pointer/key/kernel")
+    assert set(loaded.params) == {"dense", "scale"}
+    np.testing.assert_array_equal(loaded.params["dense"]["kernel"], np.full((4, 3), 3.0))
+    # merged over a fresh tree: the checkpoint's leaves win, the missing ones keep the fresh values
+    fresh = jax.tree_util.tree_map(lambda x: jnp.full(x.shape, -1.0), abstract)
+    merged = manager.merge_params(fresh, loaded.params)
+    assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(fresh)
+    np.testing.assert_array_equal(merged["scale"], np.arange(3.0) + 3.0)
+    np.testing.assert_array_equal(merged["pointer"]["key"]["kernel"], np.full((4, 2), -1.0))
+    # a full checkpoint loads as before, nothing missing
+    assert manager.load_weights(tmp_path, _abstract(_state(0.0)).params, strict=False).missing == ()
+    # unexpected or reshaped parameters stay errors without strictness
+    del abstract["scale"]
+    with pytest.raises(manager.CheckpointError, match=r"unexpected \(1\): scale"):
+        manager.load_weights(tmp_path, abstract, strict=False)
+
+
+def test_non_strict_host_load_places_only_what_the_checkpoint_has(tmp_path):
+    from instructrec_jax.checkpoints import hf
+    from instructrec_jax.model.config import T5Config
+    from instructrec_jax.model.t5 import random_params
+
+    config = T5Config(vocab_size=40, d_model=16, d_ff=24, num_heads=2, d_kv=8, num_encoder_layers=1,
+                      num_decoder_layers=1, dtype="float32")
+    plain = random_params(config, seed=1)
+    hf.save_hf_checkpoint(config, plain, tmp_path / "hf")
+    pointer = config.replace(pointer_generator=True)
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                      random_params(pointer, seed=2))
+    with pytest.raises(manager.CheckpointError, match=r"missing \(3\): pointer/gate/kernel"):
+        manager.load_weights(tmp_path / "hf", abstract)
+    loaded = manager.load_weights(tmp_path / "hf", abstract, strict=False)
+    assert loaded.kind == "hf" and loaded.missing == tuple(
+        f"pointer/{name}/kernel" for name in ("gate", "key", "query"))
+    got, want = dict(manager.named_leaves(loaded.params)), dict(manager.named_leaves(plain))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+
+
 def test_unrecognised_checkpoint_path_says_what_was_expected(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(manager.CheckpointError, match="config.json.*model.safetensors.*T5X"):

@@ -115,6 +115,24 @@ def test_initial_checkpoint_from_an_hf_dir_continues_from_its_exact_weights(sing
     assert "param_initializers are not applied" in result["stdout"] + result["stderr"]
 
 
+def test_initial_checkpoint_without_a_new_head_is_refused_unless_not_strict(single):
+    result = ok(single["hf_initial_new_head"])
+    refused = result["refused"]
+    assert refused["code"] == 1
+    assert "missing (3): pointer/gate/kernel, pointer/key/kernel, pointer/query/kernel" in refused["stderr"]
+    assert "initial_checkpoint_strict = False" in refused["stderr"]
+    assert result["code"] == 0, result["stderr"]
+    assert ("3 parameters are not in the initial checkpoint and start from their random "
+            "initialisation: pointer/gate/kernel, pointer/key/kernel, pointer/query/kernel"
+            in result["stdout"] + result["stderr"])
+    # learning rate 0: the saved model is the HF weights plus a freshly initialised copy head
+    assert result["plain_identical"]
+    assert result["new"] == ["pointer/gate/kernel", "pointer/key/kernel", "pointer/query/kernel"]
+    assert result["new_max_abs"]["pointer/gate/kernel"] == 0.0
+    assert 0 < result["new_max_abs"]["pointer/key/kernel"] < 10
+    assert 0 < result["new_max_abs"]["pointer/query/kernel"] < 10
+
+
 def test_param_initializers_run_once_at_step_zero_and_not_on_resume(single):
     result = ok(single["param_init"])
     assert result["codes"] == [0, 0], result["stderr"]

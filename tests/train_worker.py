@@ -192,6 +192,8 @@ def single_group(work: Path) -> dict:
 
     scenario("nan", nan)
 
+    hf_weights = None
+
     def hf_initial():
         from instructrec_jax.checkpoints import hf
 
@@ -201,6 +203,8 @@ def single_group(work: Path) -> dict:
             jax.device_get(model.init_params(jax.random.PRNGKey(7), None)))
         params = _unboxed(params)
         hf.save_hf_checkpoint(model.config, params, work / "hf")
+        nonlocal hf_weights
+        hf_weights = params
         # With an initializer configured too: the initial checkpoint wins, with a warning.
         record = work / "hf_initial_init_calls.txt"
         (work / "hf_initial_gin").mkdir(exist_ok=True)
@@ -218,6 +222,27 @@ def single_group(work: Path) -> dict:
         return out
 
     scenario("hf_initial", hf_initial)
+
+    def hf_initial_new_head():
+        # the HF weights of hf_initial, fine-tuned with a copy head they do not have
+        extra = ["--gin.LEARNING_RATE=0.0", "--gin.EVAL_PERIOD=0",
+                 "--gin.config.T5Config.pointer_generator=True",
+                 f'--gin.INITIAL_CHECKPOINT_PATH="{work / "hf"}"']
+        refused = _cli(fx.train_command(gin_file, work / "new_head_strict", steps=2)[3:] + extra)
+        out = _cli(fx.train_command(gin_file, work / "new_head", steps=2)[3:] + extra + [
+            "--gin.manager.CheckpointConfig.initial_checkpoint_strict=False"])
+        out["refused"] = {k: refused[k] for k in ("code", "stderr")}
+        trained = _values(manager.load_weights(
+            str(work / "new_head"), manager.abstract_params_for(fx.tiny_model(pointer_generator=True))
+        ).params)
+        original = _values(_unboxed(jax.device_get(hf_weights)))
+        out["plain_identical"] = all(np.array_equal(original[k], trained[k]) for k in original)
+        out["new"] = sorted(set(trained) - set(original))
+        # as the head initialises them: random query and key, a zero gate (g = 0.5)
+        out["new_max_abs"] = {k: float(np.abs(trained[k]).max()) for k in out["new"]}
+        return out
+
+    scenario("hf_initial_new_head", hf_initial_new_head)
 
     def param_init():
         record = work / "param_init_calls.txt"

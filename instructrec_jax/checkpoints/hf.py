@@ -212,7 +212,9 @@ def load_hf_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[T5C
                             logits_via_embedding=scaled and not has_head, **config_overrides)
     if config.pointer_generator:
         raise CheckpointFormatError(directory, "a Hugging Face T5 checkpoint has no pointer-generator "
-                                               "weights; load it without pointer_generator=True")
+                                               "weights; load it without pointer_generator=True "
+                                               "(the trainer adds a fresh head with "
+                                               "CheckpointConfig.initial_checkpoint_strict = False)")
     expected = param_shapes(config)
     dtype = config.parameter_dtype
 

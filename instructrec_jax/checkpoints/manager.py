@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -47,6 +47,11 @@ class CheckpointConfig:
     initial_checkpoint_path: str | None = None
     # T5X keeps the initial checkpoint's step: TRAIN_STEPS is absolute and counts it.
     reset_initial_step: bool = False
+    # T5X's RestoreCheckpointConfig.strict: with False, parameters of the model that the initial
+    # checkpoint lacks (e.g. a new T5Config.pointer_generator head on Flan-T5 weights) start from
+    # their random initialisation, and the log names them. Unexpected or differently shaped
+    # parameters are refused either way.
+    initial_checkpoint_strict: bool = True
 
 
 def is_complete_step_dir(path: epath.Path) -> bool:
@@ -170,6 +175,8 @@ class LoadedWeights:
     step: int
     kind: str  # 'orbax', 'hf', 't5x'
     path: str
+    # parameters of the model the checkpoint lacks (left out of `params`; only with strict=False)
+    missing: tuple[str, ...] = ()
 
 
 def find_orbax_step_dir(path: str | epath.Path) -> epath.Path | None:
@@ -205,23 +212,27 @@ def checkpoint_kind(path: str | epath.Path) -> str:
     )
 
 
-def load_weights(path: str | epath.Path, abstract_params: Any) -> LoadedWeights:
+def load_weights(path: str | epath.Path, abstract_params: Any, *, strict: bool = True) -> LoadedWeights:
     """Reads parameters from an Orbax, HF or T5X checkpoint into `abstract_params`' shapes/shardings.
 
     `abstract_params` is a tree of `jax.ShapeDtypeStruct` (with shardings) in our parameter layout;
     the result has the same structure, dtypes and shardings, or a CheckpointError lists what differs.
+    With `strict=False` the model's parameters that the checkpoint lacks are not an error: they are
+    left out of the returned tree and named in `missing`, for the caller to initialise.
     """
     kind = checkpoint_kind(path)
+    expected = flat_shapes(abstract_params)
     if kind == "orbax":
         step_dir = find_orbax_step_dir(path)
         checkpointer = ocp.StandardCheckpointer()
         # Orbax's own mismatch error prints whole subtrees; ours lists the differing names.
         stored = checkpointer.metadata(step_dir / "params")
-        check_param_shapes(flat_shapes(getattr(stored, "item_metadata", stored)),
-                           flat_shapes(abstract_params), source=str(step_dir))
-        params = checkpointer.restore(step_dir / "params", abstract_params)
+        found = flat_shapes(getattr(stored, "item_metadata", stored))
+        check_param_shapes(found, expected, source=str(step_dir), allow_missing=not strict)
+        params = checkpointer.restore(step_dir / "params", _present(abstract_params, found))
         metadata = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "metadata")
-        return LoadedWeights(params, int(metadata.get("step", int(step_dir.name))), kind, str(step_dir))
+        return LoadedWeights(params, int(metadata.get("step", int(step_dir.name))), kind,
+                             str(step_dir), tuple(sorted(set(expected) - set(found))))
     if kind == "hf":
         from instructrec_jax.checkpoints import hf
 
@@ -232,8 +243,40 @@ def load_weights(path: str | epath.Path, abstract_params: Any) -> LoadedWeights:
 
         loaded = t5x_legacy.load_t5x_checkpoint(str(path))
         host_params, step = loaded.params, loaded.step
-    params = place_params(host_params, abstract_params, source=str(path))
-    return LoadedWeights(params, step, kind, str(path))
+    if isinstance(host_params, dict) and set(host_params) == {"params"}:
+        host_params = host_params["params"]
+    found = flat_shapes(host_params)
+    check_param_shapes(found, expected, source=str(path), allow_missing=not strict)
+    params = place_params(host_params, _present(abstract_params, found), source=str(path))
+    return LoadedWeights(params, step, kind, str(path), tuple(sorted(set(expected) - set(found))))
+
+
+def _present(abstract_params: Any, found: Mapping[str, Any]) -> Any:
+    """`abstract_params` itself when the checkpoint has all of it, else the part it has."""
+    names = set(flat_shapes(abstract_params))
+    return abstract_params if names <= set(found) else subtree(abstract_params, names & set(found))
+
+
+def merge_params(base: Any, override: Any) -> Any:
+    """`base` with each leaf that `override` (a part of the same tree) also has taken from it."""
+    replacements = dict(named_leaves(override))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: replacements.get(path_name(path), leaf), base)
+
+
+def subtree(tree: Mapping[str, Any], names: set[str], prefix: str = "") -> dict[str, Any]:
+    """The nested dict of `tree`'s leaves whose slash-joined names are in `names` (empty dicts
+    dropped); the whole tree when every leaf is named."""
+    kept: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            inner = subtree(value, names, name)
+            if inner:
+                kept[key] = inner
+        elif name in names:
+            kept[key] = value
+    return kept
 
 
 def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
@@ -253,10 +296,11 @@ def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
 
 
 def check_param_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], *,
-                       source: str) -> None:
+                       source: str, allow_missing: bool = False) -> None:
     """Raises a CheckpointError listing the missing, unexpected and differently shaped parameters
-    of a checkpoint (`found`) against the model (`expected`), both as `flat_shapes` gives them."""
-    missing = sorted(set(expected) - set(found))
+    of a checkpoint (`found`) against the model (`expected`), both as `flat_shapes` gives them.
+    `allow_missing` accepts a checkpoint that lacks some of the model's parameters."""
+    missing = [] if allow_missing else sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
     if missing or extra or wrong:
@@ -267,6 +311,9 @@ def check_param_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tu
             lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:10])}")
         for key in wrong[:10]:
             lines.append(f"  {key}: checkpoint shape {found[key]}, model shape {expected[key]}")
+        if missing and not extra and not wrong:
+            lines.append("  (as an initial checkpoint, `CheckpointConfig.initial_checkpoint_strict = "
+                         "False` starts the missing ones from their random initialisation)")
         lines.append("  (check the model gin file, NUM_EMBEDDINGS and T5Config flags such as "
                      "pointer_generator against the config.gin of the run that wrote it)")
         raise CheckpointError("\n".join(lines))
