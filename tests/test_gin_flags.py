@@ -126,6 +126,8 @@ def test_finetune_run_file_binds_t5x_defaults():
         assert gin.query_parameter("%PACK") is True
         assert gin.query_parameter("%PACKER") == "seqio"  # T5X's packing unless asked otherwise
         assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") is None
+        # T5X restores strictly unless told otherwise
+        assert gin.query_parameter("manager.CheckpointConfig.initial_checkpoint_strict") is True
         assert gin.query_parameter("%TRAIN_STEPS") == 5
         assert gin.query_parameter("train_eval/data_pipeline.DatasetConfig.split") == "validation"
     finally:
