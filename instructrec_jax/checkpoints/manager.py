@@ -22,6 +22,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 ITEMS = ("params", "opt_state", "data", "metadata")
 COMMIT_MARK = "commit_success.txt"
@@ -253,8 +254,11 @@ def load_weights(path: str | epath.Path, abstract_params: Any, *, strict: bool =
 
 def _present(abstract_params: Any, found: Mapping[str, Any]) -> Any:
     """`abstract_params` itself when the checkpoint has all of it, else the part it has."""
-    names = set(flat_shapes(abstract_params))
-    return abstract_params if names <= set(found) else subtree(abstract_params, names & set(found))
+    flat = traverse_util.flatten_dict(abstract_params, sep="/")
+    if set(flat) <= set(found):
+        return abstract_params
+    return traverse_util.unflatten_dict({tuple(name.split("/")): leaf for name, leaf in flat.items()
+                                         if name in found})
 
 
 def merge_params(base: Any, override: Any) -> Any:
@@ -262,21 +266,6 @@ def merge_params(base: Any, override: Any) -> Any:
     replacements = dict(named_leaves(override))
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: replacements.get(path_name(path), leaf), base)
-
-
-def subtree(tree: Mapping[str, Any], names: set[str], prefix: str = "") -> dict[str, Any]:
-    """The nested dict of `tree`'s leaves whose slash-joined names are in `names` (empty dicts
-    dropped); the whole tree when every leaf is named."""
-    kept: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            inner = subtree(value, names, name)
-            if inner:
-                kept[key] = inner
-        elif name in names:
-            kept[key] = value
-    return kept
 
 
 def place_params(host_params: Any, abstract_params: Any, *, source: str) -> Any:
