@@ -492,6 +492,7 @@ def evaluate(
     splits: Sequence[str] = ("validation", "test"),
     scoring: str = "sum",
     score_eos: bool = True,
+    candidate_orders: int = 1,
     prior: str = "none",
     prior_weight: float = 1.0,
     prior_weights: Sequence[float] | None = None,
@@ -515,7 +516,8 @@ def evaluate(
     (and with `write_rankings`, the per-example `rankings/` folder, replaced as a whole).
 
     A list of checkpoint paths evaluates their ensemble (`ranking.CandidateScorer`: the mean of the
-    members' log-likelihoods); the members must all fit the one `model`."""
+    members' log-likelihoods); the members must all fit the one `model`. `candidate_orders` > 1
+    also averages each listed candidate's log-likelihood over shuffles of the candidate list."""
     path, named = resolve_dataset(dataset, mixture_or_task_name)
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 64})
     config = EvalConfig(
@@ -542,6 +544,7 @@ def evaluate(
         else:
             params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, score_eos=score_eos, prior=prior,
+                                               candidate_orders=candidate_orders,
                                                prior_weight=prior_weight,
                                                batch_size=batch_size, bucket_step=bucket_step,
                                                max_input_length=lengths["inputs"],

@@ -34,6 +34,16 @@ Scores (`ScoringConfig`), all documented choices:
 Ties between candidates (e.g. identical target strings) are left to `metrics.evaluate_rankings`'s
 tie rule; this module never breaks them.
 
+Candidate orders (`candidate_orders=K`, default 1): an instruction that lists its candidates
+(`render.join_items` of the candidate targets, found exactly once in the input) is also scored with
+the list shuffled K - 1 times, and each candidate's log-likelihood is the mean over the K inputs
+(the shown order first). The model's score for a candidate moves with where the candidate sits in
+the list; averaging over orders removes that noise, like an ensemble whose members are orders
+instead of parameter trees (the "bootstrapping" of Hou et al., 2024, for LLM rankers). The orders
+are a pure function of `candidate_order_seed` and the input text, so a score does not depend on
+batching. The candidate set and its label are untouched; instructions without a list (matching,
+T2) are scored once. Costs K scoring passes.
+
 Ensembles: `CandidateScorer(model, [params_1, ..., params_m], ...)` scores every candidate with each
 parameter tree (the same model and vocabulary, e.g. the same recipe trained with several seeds) and
 ranks by the mean of the members' log-likelihoods, i.e. the log of the geometric mean of their
@@ -46,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import zlib
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import jax
@@ -84,6 +95,8 @@ class ScoringConfig:
     # 'packed_candidates' (default): an instruction's candidates packed into one decoder row;
     # 'repeated_encoder': encoded states repeated per candidate, one decoder row each.
     shared_path: str = "packed_candidates"
+    candidate_orders: int = 1  # K >= 1: mean over the shown order and K - 1 shuffles (module docstring)
+    candidate_order_seed: int = 0
 
     def __post_init__(self):
         if self.reduction not in REDUCTIONS:
@@ -94,6 +107,8 @@ class ScoringConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bucket_step < 1:
             raise ValueError(f"bucket_step must be >= 1, got {self.bucket_step}")
+        if self.candidate_orders < 1:
+            raise ValueError(f"candidate_orders must be >= 1 (1: the shown order only), got {self.candidate_orders}")
         if self.shared_path not in SHARED_PATHS:
             raise ValueError(f"unknown shared_path {self.shared_path!r}; expected one of {sorted(SHARED_PATHS)}")
 
@@ -321,6 +336,45 @@ class CandidateScorer:
                 out[i][c] = sums[row]
         return out
 
+    # -- candidate orders ------------------------------------------------------------------------
+    def candidate_order_inputs(self, text: str, targets: Sequence[str]) -> list[str]:
+        """The inputs an instruction is scored with: `text` itself, then, if it lists its candidates,
+        `candidate_orders - 1` copies with the list shuffled (see the module docstring)."""
+        from instructrec_jax.instructions.render import join_items
+
+        orders = self.config.candidate_orders
+        if orders == 1 or len(targets) < 2:
+            return [text]
+        shown = join_items(targets)
+        found = text.count(shown)
+        if found == 0:
+            return [text]  # no candidate list in the input (e.g. a matching instruction)
+        if found > 1:
+            raise ValueError(f"candidate_orders={orders}: the candidate list {shown[:80]!r} occurs {found} "
+                             f"times in the input {text[:120]!r}..., so its order cannot be changed unambiguously")
+        rng = np.random.default_rng([self.config.candidate_order_seed, zlib.crc32(text.encode("utf-8"))])
+        variants = [text]
+        for _ in range(orders - 1):
+            order = rng.permutation(len(targets))
+            variants.append(text.replace(shown, join_items(targets[k] for k in order), 1))
+        return variants
+
+    def _order_averaged_log_likelihoods(
+        self, inputs: Sequence[str], candidate_targets: Sequence[Sequence[str]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`log_likelihoods`, each instruction's sums averaged over its candidate orders."""
+        variants = [self.candidate_order_inputs(text, targets) for text, targets in zip(inputs, candidate_targets)]
+        if all(len(v) == 1 for v in variants):
+            return self.log_likelihoods(inputs, candidate_targets)
+        flat = self.log_likelihoods([v for vs in variants for v in vs],
+                                    [targets for vs, targets in zip(variants, candidate_targets) for _ in vs])
+        out, at = [], 0
+        for vs in variants:
+            sums = np.mean([flat[at + k][0] for k in range(len(vs))], axis=0)
+            out.append((sums, flat[at][1]))
+            at += len(vs)
+        return out
+
     # -- priors and final scores ---------------------------------------------------------------
     def neutral_log_likelihoods(self, targets: Iterable[str]) -> dict[str, tuple[float, int]]:
         """(summed log p, tokens) of each distinct target under the neutral input; cached per text."""
@@ -348,7 +402,7 @@ class CandidateScorer:
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
         """(log-likelihoods, token counts, prior or None, final scores) per input."""
         cfg = self.config
-        scored = self.log_likelihoods(inputs, candidate_targets)
+        scored = self._order_averaged_log_likelihoods(inputs, candidate_targets)
         neutral = None
         if cfg.prior == "neutral_input":
             neutral = self.neutral_log_likelihoods(t for targets in candidate_targets for t in targets)

@@ -237,6 +237,21 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
     assert "mean log-likelihood (EOS not scored)" in results
 
 
+def test_candidate_orders_from_gin_change_the_scores_not_the_candidates(prepared, tmp_path):
+    """CANDIDATE_ORDERS=3: recorded in the report; every record keeps its candidates and label, and
+    its scores become the mean over three orders of its listed candidates (different numbers)."""
+    rankings = {}
+    for name, flags in [("shown", ()), ("orders", ("--gin.CANDIDATE_ORDERS=3",))]:
+        report, out = _evaluate_tiny(prepared, tmp_path, "--gin.WRITE_RANKINGS=True", *flags, out_name=name)
+        assert report["scoring"]["candidate_orders"] == (3 if flags else 1)
+        path = out / "rankings" / "sequential" / "test" / "instructrec.jsonl"
+        rankings[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rankings["orders"]) == len(rankings["shown"]) == 8 * 3
+    for shown, orders in zip(rankings["shown"], rankings["orders"]):
+        assert {k: v for k, v in shown.items() if k != "scores"} == {k: v for k, v in orders.items() if k != "scores"}
+        assert not np.allclose(shown["scores"], orders["scores"], atol=1e-6)
+
+
 def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path, capsys):
     """CHECKPOINT_PATH=[a, b]: every candidate's score is the mean of the two models' log-likelihoods."""
     from instructrec_jax.checkpoints.hf import save_hf_checkpoint

@@ -1,5 +1,6 @@
 """Likelihood ranking: shared-encoder scores equal full passes; known-score cases for every option."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -304,3 +305,73 @@ def test_bucket_step_bounds_the_padding_of_long_inputs():
     assert ranking.bucket_length(132, 32, 16) == 144
     with pytest.raises(ValueError, match="bucket_step"):
         ranking.ScoringConfig(bucket_step=0)
+
+
+def _listed_orders(variant: str, head: str, tail: str) -> list[str]:
+    """The candidate list a variant input shows between `head` and `tail`."""
+    assert variant.startswith(head) and variant.endswith(tail)
+    return variant[len(head):len(variant) - len(tail)].split("; ")
+
+
+def test_candidate_orders_average_the_known_scores_over_shuffled_lists():
+    """KnownScoreModel gives +5 to the candidate whose first character starts the input, i.e. the
+    candidate listed first: with K orders a candidate's score is -(tokens) + 5 * (share of the K
+    inputs that list it first), and every input is the shown one with its list permuted."""
+    targets = ["hat", "ox", "cat", "gnu"]
+    head, tail = "", ". Which one next?"
+    text = head + "; ".join(targets) + tail
+    cfg = ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3, candidate_orders=6)
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
+    variants = scorer.candidate_order_inputs(text, targets)
+    assert len(variants) == 6 and variants[0] == text
+    orders = [_listed_orders(v, head, tail) for v in variants]
+    assert all(sorted(order) == sorted(targets) for order in orders)  # permutations, nothing else changed
+    assert len({tuple(order) for order in orders}) > 2  # really shuffled
+    firsts = [order[0] for order in orders]
+    (sums, counts, prior, final), = scorer.score([text], [targets])
+    expected = [-(len(t) + 1) + 5 * firsts.count(t) / 6 for t in targets]
+    np.testing.assert_allclose(sums, expected, rtol=1e-12)
+    np.testing.assert_array_equal(counts, [len(t) + 1 for t in targets])
+    np.testing.assert_allclose(final, sums)
+    # the shown order alone: the bonus all on "hat"
+    (alone, *_), = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), dataclasses.replace(
+        cfg, candidate_orders=1)).score([text], [targets])
+    np.testing.assert_allclose(alone, [-4 + 5, -3, -4, -4])
+    # a pure function of the seed and the text: the same orders alone or beside other inputs,
+    # other orders with another seed
+    batch = scorer.score(["zebra", text, "hello"], [["a", "b"], targets, ["hat", "x"]])
+    np.testing.assert_array_equal(batch[1][0], sums)
+    assert scorer.candidate_order_inputs(text, targets) == variants
+    reseeded = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(),
+                                       dataclasses.replace(cfg, candidate_order_seed=1))
+    assert reseeded.candidate_order_inputs(text, targets) != variants
+
+
+def test_candidate_orders_leave_inputs_without_a_list_alone_and_refuse_an_ambiguous_one():
+    cfg = ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=2, candidate_orders=4)
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
+    # a matching instruction (no candidate list), and one with a single candidate: scored once
+    assert scorer.candidate_order_inputs("so far: x; y. next?", ["hat", "ox"]) == ["so far: x; y. next?"]
+    assert scorer.candidate_order_inputs("pick hat", ["hat"]) == ["pick hat"]
+    (out, *_), = scorer.score(["so far: x; y. next?"], [["hat", "ox"]])
+    np.testing.assert_allclose(out, [-4, -3])
+    with pytest.raises(ValueError, match="occurs 2 times"):
+        scorer.score(["hat; ox or hat; ox?"], [["hat", "ox"]])
+    with pytest.raises(ValueError, match="candidate_orders must be >= 1"):
+        ranking.ScoringConfig(candidate_orders=0)
+
+
+@pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
+def test_candidate_orders_of_the_real_model_are_the_mean_over_its_shuffled_inputs(tiny, path):
+    model, params = tiny
+    targets = ["Toy Story", "Jumanji", "Heat", "GoldenEye", "Babe"]
+    text = "Watched: Casino; Nixon. Candidates: " + "; ".join(targets) + ". Which next?"
+    plain = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4, shared_path=path))
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(),
+                                     ranking.ScoringConfig(batch_size=4, shared_path=path, candidate_orders=3))
+    variants = scorer.candidate_order_inputs(text, targets)
+    each = plain.log_likelihoods(variants, [targets] * 3)
+    (sums, counts, _, _), = scorer.score([text], [targets])
+    np.testing.assert_allclose(sums, np.mean([s for s, _ in each], axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(counts, each[0][1])
+    assert np.max(np.abs(sums - each[0][0])) > 1e-4  # the order matters to the model, so the mean is not the shown order's
