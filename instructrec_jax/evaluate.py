@@ -493,6 +493,7 @@ def evaluate(
     scoring: str = "sum",
     score_eos: bool = True,
     candidate_orders: int = 1,
+    candidate_order_seed: int = 0,
     prior: str = "none",
     prior_weight: float = 1.0,
     prior_weights: Sequence[float] | None = None,
@@ -545,6 +546,7 @@ def evaluate(
             params = load_params_for_inference(checkpoint_path, model)
         scoring_config = ranking.ScoringConfig(reduction=scoring, score_eos=score_eos, prior=prior,
                                                candidate_orders=candidate_orders,
+                                               candidate_order_seed=candidate_order_seed,
                                                prior_weight=prior_weight,
                                                batch_size=batch_size, bucket_step=bucket_step,
                                                max_input_length=lengths["inputs"],

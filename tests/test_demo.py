@@ -159,3 +159,27 @@ def test_pointer_gin_is_the_neg19_recipe_with_the_copy_head():
     assert T5Config().pointer_generator is False  # the default model stays Flan-T5
     text = open(gin_file, encoding="utf-8").read()
     assert "instructrec eval" in text and "--gin.config.T5Config.pointer_generator=True" in text
+
+
+def test_pointer_eval_gin_is_the_demo_evaluation_with_the_copy_head_and_candidate_orders():
+    """gin/experiments/ml100k_long_neg19_pointer_eval.gin = ml100k_demo_eval.gin (same dataset,
+    prior grid, baselines) with the copy head and four candidate orders."""
+    import gin
+
+    from instructrec_jax import gin_flags
+
+    names = ("DATASET", "PRIOR", "PRIOR_WEIGHTS", "BASELINES", "NUM_NEGATIVES", "TASK_FEATURE_LENGTHS")
+    demo_eval = _macros("gin/experiments/ml100k_demo_eval.gin", *names, "CANDIDATE_ORDERS")
+    assert demo_eval["CANDIDATE_ORDERS"] == 1
+    gin_file = "gin/experiments/ml100k_long_neg19_pointer_eval.gin"
+    ours = _macros(gin_file, *names, "CANDIDATE_ORDERS")
+    assert ours == {**demo_eval, "CANDIDATE_ORDERS": 4}
+    flags, _ = gin_flags.parse_gin_flags([f"--gin_file={gin_file}"])
+    gin.clear_config()
+    try:
+        gin_flags.configure_gin(flags, finalize=False)
+        assert gin.query_parameter("config.T5Config.pointer_generator") is True
+        assert str(gin.query_parameter("instructrec_jax.evaluate.evaluate.candidate_orders")) == "%CANDIDATE_ORDERS"
+    finally:
+        gin.clear_config()
+    assert "instructrec eval" in open(gin_file, encoding="utf-8").read()

@@ -241,15 +241,20 @@ def test_candidate_orders_from_gin_change_the_scores_not_the_candidates(prepared
     """CANDIDATE_ORDERS=3: recorded in the report; every record keeps its candidates and label, and
     its scores become the mean over three orders of its listed candidates (different numbers)."""
     rankings = {}
-    for name, flags in [("shown", ()), ("orders", ("--gin.CANDIDATE_ORDERS=3",))]:
+    for name, flags in [("shown", ()), ("orders", ("--gin.CANDIDATE_ORDERS=3",)),
+                        ("reseeded", ("--gin.CANDIDATE_ORDERS=3", "--gin.CANDIDATE_ORDER_SEED=5"))]:
         report, out = _evaluate_tiny(prepared, tmp_path, "--gin.WRITE_RANKINGS=True", *flags, out_name=name)
         assert report["scoring"]["candidate_orders"] == (3 if flags else 1)
+        assert report["scoring"]["candidate_order_seed"] == (5 if len(flags) == 2 else 0)
         path = out / "rankings" / "sequential" / "test" / "instructrec.jsonl"
         rankings[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    assert len(rankings["orders"]) == len(rankings["shown"]) == 8 * 3
+    assert len(rankings["orders"]) == len(rankings["shown"]) == len(rankings["reseeded"]) == 8 * 3
     for shown, orders in zip(rankings["shown"], rankings["orders"]):
         assert {k: v for k, v in shown.items() if k != "scores"} == {k: v for k, v in orders.items() if k != "scores"}
         assert not np.allclose(shown["scores"], orders["scores"], atol=1e-6)
+    # another seed, other shuffles: other numbers for the same records
+    assert sum(not np.allclose(a["scores"], b["scores"], atol=1e-6)
+               for a, b in zip(rankings["orders"], rankings["reseeded"])) == len(rankings["orders"])
 
 
 def test_a_list_of_checkpoints_is_evaluated_as_their_ensemble(prepared, tmp_path, capsys):
