@@ -344,6 +344,7 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                 entry["methods"].setdefault(name, {})[split] = _mean_metrics(runs)
             if scorer is not None:
                 t0 = time.perf_counter()
+                orders_before = dict(scorer.order_counts)
                 scored = None
                 if calibrate:
                     scored = scorer.score_records(records)
@@ -367,6 +368,11 @@ def evaluate_dataset(prepared_dir: str | os.PathLike, scorer: ranking.CandidateS
                         without, tie_rule=config.tie_rule, hr_ks=config.hr_ks, ndcg_ks=config.ndcg_ks).overall
                 progress(f"eval: {scenario} {split}: {len(records)} instructions, {len(queries)} examples "
                          f"scored in {time.perf_counter() - t0:.1f}s")
+                if scorer.config.candidate_orders > 1:
+                    counts = {k: scorer.order_counts[k] - orders_before[k] for k in orders_before}
+                    progress(f"eval: {scenario} {split}: {counts['reordered']} instructions scored over "
+                             f"{scorer.config.candidate_orders} orders of their candidate list, "
+                             f"{counts['once']} scored once (no list)")
         if scorer is not None:
             out: dict[str, Any] = {split: {"overall": r["overall"].as_dict(),
                                            "by_template": {t: m.as_dict() for t, m in sorted(r["by_template"].items())},

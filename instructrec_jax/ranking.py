@@ -238,6 +238,8 @@ class CandidateScorer:
         self._neutral_cache: dict[str, tuple[float, int]] = {}
         self._token_cache: dict[str, list[int]] = {}
         self.compiled_shapes: set[tuple[int, ...]] = set()
+        # instructions scored over several candidate orders / once (no list, or candidate_orders=1)
+        self.order_counts = {"reordered": 0, "once": 0}
 
     # -- tokenization -------------------------------------------------------------------------
     def _target_ids(self, text: str) -> list[int]:
@@ -364,7 +366,10 @@ class CandidateScorer:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """`log_likelihoods`, each instruction's sums averaged over its candidate orders."""
         variants = [self.candidate_order_inputs(text, targets) for text, targets in zip(inputs, candidate_targets)]
-        if all(len(v) == 1 for v in variants):
+        reordered = sum(len(v) > 1 for v in variants)
+        self.order_counts["reordered"] += reordered
+        self.order_counts["once"] += len(variants) - reordered
+        if not reordered:
             return self.log_likelihoods(inputs, candidate_targets)
         flat = self.log_likelihoods([v for vs in variants for v in vs],
                                     [targets for vs, targets in zip(variants, candidate_targets) for _ in vs])

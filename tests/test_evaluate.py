@@ -237,7 +237,7 @@ def test_gin_entry_evaluates_a_checkpoint(prepared, tmp_path):
     assert "mean log-likelihood (EOS not scored)" in results
 
 
-def test_candidate_orders_from_gin_change_the_scores_not_the_candidates(prepared, tmp_path):
+def test_candidate_orders_from_gin_change_the_scores_not_the_candidates(prepared, tmp_path, capsys):
     """CANDIDATE_ORDERS=3: recorded in the report; every record keeps its candidates and label, and
     its scores become the mean over three orders of its listed candidates (different numbers)."""
     rankings = {}
@@ -246,6 +246,9 @@ def test_candidate_orders_from_gin_change_the_scores_not_the_candidates(prepared
         report, out = _evaluate_tiny(prepared, tmp_path, "--gin.WRITE_RANKINGS=True", *flags, out_name=name)
         assert report["scoring"]["candidate_orders"] == (3 if flags else 1)
         assert report["scoring"]["candidate_order_seed"] == (5 if len(flags) == 2 else 0)
+        said = capsys.readouterr().out
+        assert ("eval: sequential test: 24 instructions scored over 3 orders of their candidate list, "
+                "0 scored once (no list)" in said) == bool(flags)
         path = out / "rankings" / "sequential" / "test" / "instructrec.jsonl"
         rankings[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(rankings["orders"]) == len(rankings["shown"]) == len(rankings["reseeded"]) == 8 * 3

@@ -355,6 +355,8 @@ def test_candidate_orders_leave_inputs_without_a_list_alone_and_refuse_an_ambigu
     assert scorer.candidate_order_inputs("pick hat", ["hat"]) == ["pick hat"]
     (out, *_), = scorer.score(["so far: x; y. next?"], [["hat", "ox"]])
     np.testing.assert_allclose(out, [-4, -3])
+    (_, *_), = scorer.score(["hat; ox?"], [["hat", "ox"]])
+    assert scorer.order_counts == {"reordered": 1, "once": 1}  # what the evaluator reports
     with pytest.raises(ValueError, match="occurs 2 times"):
         scorer.score(["hat; ox or hat; ox?"], [["hat", "ox"]])
     with pytest.raises(ValueError, match="candidate_orders must be >= 1"):
