@@ -564,7 +564,10 @@ def evaluate(
 
             data = load_prepared(path)
             item_prior = ranking.popularity_log_prior(fit_popularity(data.train).counts, data.items)
-        scorer = ranking.CandidateScorer(model, params, tokenizer, scoring_config, item_log_prior=item_prior)
+        from instructrec_jax.instructions.storage import read_item_texts
+
+        scorer = ranking.CandidateScorer(model, params, tokenizer, scoring_config, item_log_prior=item_prior,
+                                         item_texts=read_item_texts(path))
     if write_rankings:
         from instructrec_jax.atomic import atomic_directory
 

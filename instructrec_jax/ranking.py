@@ -34,15 +34,15 @@ Scores (`ScoringConfig`), all documented choices:
 Ties between candidates (e.g. identical target strings) are left to `metrics.evaluate_rankings`'s
 tie rule; this module never breaks them.
 
-Candidate orders (`candidate_orders=K`, default 1): an instruction that lists its candidates
-(`render.join_items` of the candidate targets, found exactly once in the input) is also scored with
-the list shuffled K - 1 times, and each candidate's log-likelihood is the mean over the K inputs
-(the shown order first). The model's score for a candidate moves with where the candidate sits in
+Candidate orders (`candidate_orders=K`, default 1): a record whose instruction type lists its
+candidates is also scored with the list shuffled K - 1 times (re-listed with the dataset's item
+texts, as the 99-negative final round re-lists winners), and each candidate's log-likelihood is the
+mean over the K inputs (the shown order first). The model's score for a candidate moves with where the candidate sits in
 the list; averaging over orders removes that noise, like an ensemble whose members are orders
 instead of parameter trees (the "bootstrapping" of Hou et al., 2024, for LLM rankers). The orders
 are a pure function of `candidate_order_seed` and the input text, so a score does not depend on
-batching. The candidate set and its label are untouched; instructions without a list (matching,
-T2) are scored once. Costs K scoring passes.
+batching. The candidate set, its order in the record and the label are untouched; instructions
+without a list (matching, T2) are scored once. Costs K scoring passes.
 
 Ensembles: `CandidateScorer(model, [params_1, ..., params_m], ...)` scores every candidate with each
 parameter tree (the same model and vocabulary, e.g. the same recipe trained with several seeds) and
@@ -225,9 +225,14 @@ class CandidateScorer:
     or with several (a list of parameter trees: an ensemble, see the module docstring)."""
 
     def __init__(self, model, params, tokenizer: Tokenizer, config: ScoringConfig = ScoringConfig(),
-                 *, item_log_prior: Mapping[str, float] | None = None):
+                 *, item_log_prior: Mapping[str, float] | None = None,
+                 item_texts: Mapping[str, str] | None = None):
         if config.prior == "item_log_prior" and item_log_prior is None:
             raise ValueError("prior='item_log_prior' needs an item_log_prior table (e.g. popularity_log_prior)")
+        if config.candidate_orders > 1 and item_texts is None:
+            raise ValueError("candidate_orders > 1 needs item_texts (each item's text as the "
+                             "instructions list it, e.g. storage.read_item_texts) to re-list candidates")
+        self.item_texts = dict(item_texts or {})
         self.model = model
         self.members = list(params) if isinstance(params, (list, tuple)) else [params]
         if not self.members:
@@ -339,45 +344,45 @@ class CandidateScorer:
         return out
 
     # -- candidate orders ------------------------------------------------------------------------
-    def candidate_order_inputs(self, text: str, targets: Sequence[str]) -> list[str]:
-        """The inputs an instruction is scored with: `text` itself, then, if it lists its candidates,
-        `candidate_orders - 1` copies with the list shuffled (see the module docstring)."""
-        from instructrec_jax.instructions.render import join_items
+    def candidate_orders_of(self, record: Any) -> list[tuple[str, np.ndarray]]:
+        """(input, order) pairs a record is scored with: its own input and the identity, then, for
+        an instruction that lists its candidates, `candidate_orders - 1` seeded shuffles, each
+        with its input re-listed (`generator.relisted_inputs`, the list the 99-negative final round
+        rewrites too) and `order[j]` = the record's index of the candidate listed j-th."""
+        from instructrec_jax.instructions.format import base_type
+        from instructrec_jax.instructions.generator import relisted_inputs
 
+        shown = [(record.inputs, np.arange(len(record.candidates)))]
         orders = self.config.candidate_orders
-        if orders == 1 or len(targets) < 2:
-            return [text]
-        shown = join_items(targets)
-        found = text.count(shown)
-        if found == 0:
-            return [text]  # no candidate list in the input (e.g. a matching instruction)
-        if found > 1:
-            raise ValueError(f"candidate_orders={orders}: the candidate list {shown[:80]!r} occurs {found} "
-                             f"times in the input {text[:120]!r}..., so its order cannot be changed unambiguously")
-        rng = np.random.default_rng([self.config.candidate_order_seed, zlib.crc32(text.encode("utf-8"))])
-        variants = [text]
+        if (orders == 1 or len(record.candidates) < 2
+                or not base_type(record.instruction_type).has_candidates):
+            return shown  # nothing to reorder, or no list in the input (e.g. matching, T2)
+        rng = np.random.default_rng([self.config.candidate_order_seed,
+                                     zlib.crc32(record.inputs.encode("utf-8"))])
         for _ in range(orders - 1):
-            order = rng.permutation(len(targets))
-            variants.append(text.replace(shown, join_items(targets[k] for k in order), 1))
-        return variants
+            order = rng.permutation(len(record.candidates))
+            shown.append((relisted_inputs(record, [record.candidates[k] for k in order], self.item_texts),
+                          order))
+        return shown
 
     def _order_averaged_log_likelihoods(
-        self, inputs: Sequence[str], candidate_targets: Sequence[Sequence[str]]
+        self, inputs: Sequence[str], candidate_targets: Sequence[Sequence[str]],
+        orders: Sequence[Sequence[tuple[str, np.ndarray]]] | None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`log_likelihoods`, each instruction's sums averaged over its candidate orders."""
-        variants = [self.candidate_order_inputs(text, targets) for text, targets in zip(inputs, candidate_targets)]
-        reordered = sum(len(v) > 1 for v in variants)
-        self.order_counts["reordered"] += reordered
-        self.order_counts["once"] += len(variants) - reordered
-        if not reordered:
+        """`log_likelihoods`, each instruction's sums averaged over its (input, order) pairs."""
+        if orders is None or all(len(o) == 1 for o in orders):
             return self.log_likelihoods(inputs, candidate_targets)
-        flat = self.log_likelihoods([v for vs in variants for v in vs],
-                                    [targets for vs, targets in zip(variants, candidate_targets) for _ in vs])
+        flat = self.log_likelihoods(
+            [text for pairs in orders for text, _ in pairs],
+            [[targets[k] for k in order] for pairs, targets in zip(orders, candidate_targets)
+             for _, order in pairs])
         out, at = [], 0
-        for vs in variants:
-            sums = np.mean([flat[at + k][0] for k in range(len(vs))], axis=0)
-            out.append((sums, flat[at][1]))
-            at += len(vs)
+        for pairs in orders:
+            total = np.zeros(len(pairs[0][1]))
+            for k, (_, order) in enumerate(pairs):
+                total[order] += flat[at + k][0]  # back to the record's candidate order
+            out.append((total / len(pairs), flat[at][1]))  # pairs[0] is the identity order
+            at += len(pairs)
         return out
 
     # -- priors and final scores ---------------------------------------------------------------
@@ -404,10 +409,12 @@ class CandidateScorer:
         inputs: Sequence[str],
         candidate_targets: Sequence[Sequence[str]],
         candidate_items: Sequence[Sequence[str]] | None = None,
+        orders: Sequence[Sequence[tuple[str, np.ndarray]]] | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
-        """(log-likelihoods, token counts, prior or None, final scores) per input."""
+        """(log-likelihoods, token counts, prior or None, final scores) per input; with `orders`
+        (`candidate_orders_of` per input), the log-likelihoods are averaged over them."""
         cfg = self.config
-        scored = self._order_averaged_log_likelihoods(inputs, candidate_targets)
+        scored = self._order_averaged_log_likelihoods(inputs, candidate_targets, orders)
         neutral = None
         if cfg.prior == "neutral_input":
             neutral = self.neutral_log_likelihoods(t for targets in candidate_targets for t in targets)
@@ -436,10 +443,17 @@ class CandidateScorer:
                     f"{record.example_id}: {len(record.candidates)} candidates but "
                     f"{len(record.candidate_targets)} candidate targets"
                 )
+        orders = None
+        if self.config.candidate_orders > 1:
+            orders = [self.candidate_orders_of(r) for r in records]
+            reordered = sum(len(o) > 1 for o in orders)
+            self.order_counts["reordered"] += reordered
+            self.order_counts["once"] += len(orders) - reordered
         scored = self.score(
             [r.inputs for r in records],
             [r.candidate_targets for r in records],
             [r.candidates for r in records],
+            orders,
         )
         return [
             ScoredCandidates(

@@ -307,73 +307,89 @@ def test_bucket_step_bounds_the_padding_of_long_inputs():
         ranking.ScoringConfig(bucket_step=0)
 
 
-def _listed_orders(variant: str, head: str, tail: str) -> list[str]:
-    """The candidate list a variant input shows between `head` and `tail`."""
-    assert variant.startswith(head) and variant.endswith(tail)
-    return variant[len(head):len(variant) - len(tail)].split("; ")
+def _listed(text: str, head: str, tail: str) -> list[str]:
+    """The candidate list an input shows between `head` and `tail`."""
+    assert text.startswith(head) and text.endswith(tail)
+    return text[len(head):len(text) - len(tail)].split("; ")
+
+
+ITEM_TEXTS = {"a": "hat", "b": "ox", "c": "cat", "d": "gnu"}
 
 
 def test_candidate_orders_average_the_known_scores_over_shuffled_lists():
     """KnownScoreModel gives +5 to the candidate whose first character starts the input, i.e. the
     candidate listed first: with K orders a candidate's score is -(tokens) + 5 * (share of the K
     inputs that list it first), and every input is the shown one with its list permuted."""
-    targets = ["hat", "ox", "cat", "gnu"]
+    ids = ("a", "b", "c", "d")
+    targets = [ITEM_TEXTS[i] for i in ids]
     head, tail = "", ". Which one next?"
-    text = head + "; ".join(targets) + tail
+    record = _record(head + "; ".join(targets) + tail, targets, 2, candidates=ids)
     cfg = ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=3, candidate_orders=6)
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
-    variants = scorer.candidate_order_inputs(text, targets)
-    assert len(variants) == 6 and variants[0] == text
-    orders = [_listed_orders(v, head, tail) for v in variants]
-    assert all(sorted(order) == sorted(targets) for order in orders)  # permutations, nothing else changed
-    assert len({tuple(order) for order in orders}) > 2  # really shuffled
-    firsts = [order[0] for order in orders]
-    (sums, counts, prior, final), = scorer.score([text], [targets])
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg, item_texts=ITEM_TEXTS)
+    pairs = scorer.candidate_orders_of(record)
+    assert len(pairs) == 6 and pairs[0][0] == record.inputs and list(pairs[0][1]) == [0, 1, 2, 3]
+    for text, order in pairs:  # each input lists the candidates in its order, nothing else changed
+        assert _listed(text, head, tail) == [targets[k] for k in order]
+        assert sorted(order) == [0, 1, 2, 3]
+    assert len({tuple(order) for _, order in pairs}) > 2  # really shuffled
+    firsts = [targets[order[0]] for _, order in pairs]
+    (scored,) = scorer.score_records([record])
     expected = [-(len(t) + 1) + 5 * firsts.count(t) / 6 for t in targets]
-    np.testing.assert_allclose(sums, expected, rtol=1e-12)
-    np.testing.assert_array_equal(counts, [len(t) + 1 for t in targets])
-    np.testing.assert_allclose(final, sums)
+    np.testing.assert_allclose(scored.log_likelihood, expected, rtol=1e-12)
+    np.testing.assert_array_equal(scored.num_tokens, [len(t) + 1 for t in targets])
+    assert scored.candidates == ids and scored.label_index == 2  # the record's order and label kept
     # the shown order alone: the bonus all on "hat"
-    (alone, *_), = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), dataclasses.replace(
-        cfg, candidate_orders=1)).score([text], [targets])
-    np.testing.assert_allclose(alone, [-4 + 5, -3, -4, -4])
-    # a pure function of the seed and the text: the same orders alone or beside other inputs,
+    alone = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), dataclasses.replace(
+        cfg, candidate_orders=1)).score_records([record])[0]
+    np.testing.assert_allclose(alone.log_likelihood, [-4 + 5, -3, -4, -4])
+    # a pure function of the seed and the text: the same orders alone or beside other records,
     # other orders with another seed
-    batch = scorer.score(["zebra", text, "hello"], [["a", "b"], targets, ["hat", "x"]])
-    np.testing.assert_array_equal(batch[1][0], sums)
-    assert scorer.candidate_order_inputs(text, targets) == variants
+    other = _record("so far: ox. " + "; ".join(targets[:2]) + "?", targets[:2], 0, candidates=ids[:2],
+                    user="v")
+    batch = scorer.score_records([other, record])
+    np.testing.assert_array_equal(batch[1].log_likelihood, scored.log_likelihood)
     reseeded = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(),
-                                       dataclasses.replace(cfg, candidate_order_seed=1))
-    assert reseeded.candidate_order_inputs(text, targets) != variants
+                                       dataclasses.replace(cfg, candidate_order_seed=1), item_texts=ITEM_TEXTS)
+    assert [list(o) for _, o in reseeded.candidate_orders_of(record)] != [list(o) for _, o in pairs]
+    assert scorer.order_counts == {"reordered": 3, "once": 0}  # what the evaluator reports
 
 
-def test_candidate_orders_leave_inputs_without_a_list_alone_and_refuse_an_ambiguous_one():
+def test_candidate_orders_leave_records_without_a_list_alone_and_refuse_a_missing_one():
     cfg = ranking.ScoringConfig(shared_path="repeated_encoder", batch_size=2, candidate_orders=4)
-    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
-    # a matching instruction (no candidate list), and one with a single candidate: scored once
-    assert scorer.candidate_order_inputs("so far: x; y. next?", ["hat", "ox"]) == ["so far: x; y. next?"]
-    assert scorer.candidate_order_inputs("pick hat", ["hat"]) == ["pick hat"]
-    (out, *_), = scorer.score(["so far: x; y. next?"], [["hat", "ox"]])
-    np.testing.assert_allclose(out, [-4, -3])
-    (_, *_), = scorer.score(["hat; ox?"], [["hat", "ox"]])
-    assert scorer.order_counts == {"reordered": 1, "once": 1}  # what the evaluator reports
-    with pytest.raises(ValueError, match="occurs 2 times"):
-        scorer.score(["hat; ox or hat; ox?"], [["hat", "ox"]])
+    scorer = ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg, item_texts=ITEM_TEXTS)
+    # a matching instruction (T2: no candidate list in the input) is scored once
+    matching = dataclasses.replace(_record("so far: x; y. next?", ["hat", "ox"], 0, candidates=("a", "b")),
+                                   instruction_type="p1_i0_t2")
+    (out,) = scorer.score_records([matching])
+    np.testing.assert_allclose(out.log_likelihood, [-4, -3])
+    assert scorer.order_counts == {"reordered": 0, "once": 1}
+    # a listing type whose input does not show its list: a clear error naming the record
+    broken = _record("pick one of: hat, ox", ["hat", "ox"], 0, candidates=("a", "b"), example_id="test/x/1")
+    with pytest.raises(ValueError, match="test/x/1: candidate list text not found"):
+        scorer.score_records([broken])
     with pytest.raises(ValueError, match="candidate_orders must be >= 1"):
         ranking.ScoringConfig(candidate_orders=0)
+    with pytest.raises(ValueError, match="needs item_texts"):
+        ranking.CandidateScorer(KnownScoreModel(), None, CharTokenizer(), cfg)
 
 
 @pytest.mark.parametrize("path", ["packed_candidates", "repeated_encoder"])
 def test_candidate_orders_of_the_real_model_are_the_mean_over_its_shuffled_inputs(tiny, path):
+    """The real model, with targets that are not the listed texts (a template whose answer
+    wraps the item): the mean, per candidate, of its scores under each re-listed input."""
     model, params = tiny
-    targets = ["Toy Story", "Jumanji", "Heat", "GoldenEye", "Babe"]
-    text = "Watched: Casino; Nixon. Candidates: " + "; ".join(targets) + ". Which next?"
+    texts = {"a": "Toy Story", "b": "Jumanji", "c": "Heat", "d": "GoldenEye", "e": "Babe"}
+    ids = tuple(texts)
+    targets = [f"So the next item is: {texts[i]}" for i in ids]
+    record = _record("Watched: Casino; Nixon. Candidates: " + "; ".join(texts.values()) + ". Which next?",
+                     targets, 1, candidates=ids)
     plain = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4, shared_path=path))
-    scorer = ranking.CandidateScorer(model, params, CharTokenizer(),
-                                     ranking.ScoringConfig(batch_size=4, shared_path=path, candidate_orders=3))
-    variants = scorer.candidate_order_inputs(text, targets)
-    each = plain.log_likelihoods(variants, [targets] * 3)
-    (sums, counts, _, _), = scorer.score([text], [targets])
-    np.testing.assert_allclose(sums, np.mean([s for s, _ in each], axis=0), rtol=1e-12)
-    np.testing.assert_array_equal(counts, each[0][1])
-    assert np.max(np.abs(sums - each[0][0])) > 1e-4  # the order matters to the model, so the mean is not the shown order's
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(
+        batch_size=4, shared_path=path, candidate_orders=3), item_texts=texts)
+    pairs = scorer.candidate_orders_of(record)
+    each = plain.log_likelihoods([text for text, _ in pairs], [targets] * 3)  # record order throughout
+    (scored,) = scorer.score_records([record])
+    np.testing.assert_allclose(scored.log_likelihood, np.mean([s for s, _ in each], axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(scored.num_tokens, each[0][1])
+    # the order matters to the model, so the mean is not the shown order's
+    assert np.max(np.abs(scored.log_likelihood - each[0][0])) > 1e-4

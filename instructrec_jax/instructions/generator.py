@@ -523,6 +523,20 @@ class _TypeBuilder:
         return yes
 
 
+def relisted_inputs(record: InstructionRecord, candidate_ids: Sequence[str],
+                    item_texts: Mapping[str, str]) -> str:
+    """The record's inputs with its candidate list (the last occurrence of the listed items' text:
+    every template lists candidates after the history) listing `candidate_ids` instead, e.g. the
+    same candidates in another order."""
+    if not record.candidates:
+        raise ValueError(f"{record.example_id}: not a candidate-list record")
+    old = join_items(item_texts[c] for c in record.candidates)
+    head, found, tail = record.inputs.rpartition(old)
+    if not found:
+        raise ValueError(f"{record.example_id}: candidate list text not found in the inputs")
+    return head + join_items(item_texts[c] for c in candidate_ids) + tail
+
+
 def with_candidates(record: InstructionRecord, candidate_ids: Sequence[str],
                     item_texts: Mapping[str, str], *, suffix: str = "final") -> InstructionRecord:
     """The same T3 instruction listing other candidates (e.g. the winners of the ten 99-negative
@@ -530,18 +544,13 @@ def with_candidates(record: InstructionRecord, candidate_ids: Sequence[str],
     the last occurrence of the old list's text in the inputs (every T3 template lists candidates
     after the history), and the label follows the record's target item."""
     template = TEMPLATES_BY_ID[record.template_id]
-    if not record.candidates:
-        raise ValueError(f"{record.example_id}: not a candidate-list record")
-    old = join_items(item_texts[c] for c in record.candidates)
-    head, found, tail = record.inputs.rpartition(old)
-    if not found:
-        raise ValueError(f"{record.example_id}: candidate list text not found in the inputs")
+    inputs = relisted_inputs(record, candidate_ids, item_texts)
     texts = [item_texts[c] for c in candidate_ids]
     true_item = record.target_item
     label = list(candidate_ids).index(true_item) if true_item in candidate_ids else -1
     slots = TemplateSlots(target=item_texts.get(true_item, ""))
     return dataclasses.replace(
-        record, inputs=head + join_items(texts) + tail, candidates=tuple(candidate_ids),
+        record, inputs=inputs, candidates=tuple(candidate_ids),
         candidate_targets=tuple(template.render_target(slots, t) for t in texts),
         label_index=label, example_id=f"{record.example_id}/{suffix}")
 
