@@ -142,3 +142,43 @@ def test_several_steps_per_call_train_the_same_steps_as_one_per_call(bundle):
     assert [point["step"] for point in curve] == [4]  # 3 + 1 steps, evaluated, then 2 single steps
     with pytest.raises(SystemExit):
         sweep.main(["run", "--bundle", "unused.npz", "--configs", "[]", "--steps-per-call", "0"])
+
+
+def test_candidate_orders_move_only_the_listed_candidates_and_keep_ambiguous_rows():
+    enc = np.array([[5, 10, 7, 11, 7, 12, 1, 0],
+                    [5, 10, 7, 10, 7, 12, 1, 0]])  # row 1 lists item 10 twice: left as shown
+    cands = np.array([[11, 10, 12], [10, 12, 13]])
+    orders, kept = sweep.candidate_orders(enc, cands, 6, seed=3)
+    assert kept == 1 and len(orders) == 6
+    assert orders[0] is enc  # the first order is the shown list itself
+    listed = [1, 3, 5]
+    seen = set()
+    for k, copy in enumerate(orders):
+        np.testing.assert_array_equal(np.delete(copy[0], listed), np.delete(enc[0], listed))
+        assert sorted(copy[0, listed].tolist()) == [10, 11, 12]
+        np.testing.assert_array_equal(copy[1], enc[1])
+        seen.add(tuple(copy[0, listed].tolist()))
+    assert len(seen) > 1  # some copies really are reordered
+    again, _ = sweep.candidate_orders(enc, cands, 6, seed=3)
+    assert all((a == b).all() for a, b in zip(orders, again))  # seeded
+    other, _ = sweep.candidate_orders(enc, cands, 6, seed=4)
+    assert any((a != b).any() for a, b in zip(orders, other))
+
+
+def test_copy_head_and_candidate_orders_run_and_report_the_shown_order_beside(bundle):
+    _, kept = sweep.candidate_orders(bundle["test_inputs"], bundle["test_candidates"], 2)
+    assert kept == 0  # the prepared lists name every candidate once
+    config = {"name": "ptr", "steps": 3, "batch": 8, "lr": 0.01, "pointer_generator": True}
+    out = []
+    shown = sweep.run_config(config, bundle, log=lambda _: None, final_state=out)
+    assert set(out[0].params["pointer"]) == {"query", "key", "gate"}  # the copy head, from the seed
+    assert "one_order" not in shown and shown["unshuffled"] == {}
+    four = sweep.run_config({**config, "candidate_orders": 4}, bundle, log=lambda _: None)
+    assert four["unshuffled"] == {"validation": 0, "test": 0}
+    for key in ("HR@1", "NDCG@5", "valid_HR@1", "valid_NDCG@5", "prior_weight"):
+        assert four["one_order"][key] == shown[key]  # the same training, scored on the shown list
+    model = sweep._model(config, int(bundle["vocab_size"]))
+    enc, cands = bundle["test_inputs"][:16], bundle["test_candidates"][:16]
+    first, second = (sweep.candidate_scores(model, out[0].params, e, cands, batch=8)
+                     for e in sweep.candidate_orders(enc, cands, 2)[0])
+    assert not np.allclose(first, second)  # the copy head's scores depend on the list's order

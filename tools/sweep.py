@@ -26,7 +26,12 @@ A config is a JSON object; keys (defaults): name, seed (0), steps (6000), batch 
 lr (3e-3), schedule ('constant * linear_decay'), warmup (0), dropout (0.0), passes (1: the
 training records of the first pass only; k: the first k passes of `prepare --train-passes`, read
 pass after pass, each permuted; runs longer than that go on with permutations of all of them),
-logits_via_embedding (false), label_smoothing (0.0), eval_every (0: only at the end), and the model shape: any of
+logits_via_embedding (false), label_smoothing (0.0), eval_every (0: only at the end),
+pointer_generator (false: the copy head of `T5Config.pointer_generator`; its few parameters are
+initialised from the seed at run time, the rest come from the bundle), candidate_orders (1: K
+scores every evaluation instruction with its listed candidates and K - 1 seeded shuffles of the
+list, ranking by the mean, as `instructrec eval --gin.CANDIDATE_ORDERS=K`; the one-order figures
+are reported beside them under "one_order"), and the model shape: any of
 `DEMO_MODEL`'s keys (d_model, d_ff, num_heads, d_kv, num_encoder_layers, num_decoder_layers;
 default the demo's). A shape other than the demo's needs initial parameters of its own in the
 bundle: `export --shapes '[{"d_model": 256, "d_ff": 1024, "d_kv": 64}]'` adds them (random + PPMI,
@@ -60,12 +65,14 @@ def _model(config: dict, vocab_size: int):
     shape = shape_of(config)
     return EncoderDecoderModel(T5Config(
         vocab_size=vocab_size, dropout_rate=config.get("dropout", 0.0), dtype="float32",
-        logits_via_embedding=config.get("logits_via_embedding", False), **shape), z_loss=1e-4,
+        logits_via_embedding=config.get("logits_via_embedding", False),
+        pointer_generator=bool(config.get("pointer_generator", False)), **shape), z_loss=1e-4,
         label_smoothing=config.get("label_smoothing", 0.0))
 
 
 CONFIG_KEYS = ("name", "seed", "steps", "batch", "lr", "schedule", "warmup", "dropout", "passes",
-               "logits_via_embedding", "label_smoothing", "eval_every", *DEMO_MODEL)
+               "logits_via_embedding", "label_smoothing", "eval_every", "pointer_generator",
+               "candidate_orders", *DEMO_MODEL)
 
 
 def check_configs(configs) -> None:
@@ -227,6 +234,27 @@ def candidate_scores(model, params, enc: np.ndarray, cands: np.ndarray, batch: i
     return np.concatenate(out)[:rows].astype(np.float64)
 
 
+def candidate_orders(enc: np.ndarray, cands: np.ndarray, orders: int, seed: int = 0
+                     ) -> tuple[list[np.ndarray], int]:
+    """The evaluation inputs re-listed in `orders` orders: the first is `enc` itself, each further
+    one moves every row's candidate tokens (one token each, id_token renderer) among the positions
+    the list holds them at, in a shuffle seeded by (seed, order, row); every other token stays.
+    A row whose candidates do not each occur exactly once in its input (a truncated list, or an
+    item also in the history) keeps its order in every copy; their number is returned."""
+    out = [enc] + [enc.copy() for _ in range(orders - 1)]
+    kept = 0
+    for row in range(len(enc)):
+        where = [np.flatnonzero(enc[row] == c) for c in cands[row]]
+        if any(len(w) != 1 for w in where):
+            kept += 1
+            continue
+        positions = np.array([w[0] for w in where])
+        for k in range(1, orders):
+            shuffled = np.random.default_rng([seed, k, row]).permutation(cands[row])
+            out[k][row, np.sort(positions)] = shuffled
+    return out, kept
+
+
 def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     """HR@1 and NDCG@5 through the project's one evaluation path (pessimistic ties)."""
     from instructrec_jax import metrics
@@ -266,6 +294,11 @@ def run_config(config: dict, bundle, log=print, steps_per_call: int = 1, final_s
         raise SystemExit(f"{config.get('name')}: the bundle has no initial parameters for seed {seed} "
                          f"and model shape {shape}" + (f"; export it with --shapes '[{json.dumps(extra)}]'"
                                                        if extra else ""))
+    if config.get("pointer_generator"):  # the copy head's parameters: from the seed, not the bundle
+        import flax.linen as nn
+
+        fresh = _flatten(nn.unbox(model.init_params(jax.random.PRNGKey(seed))))
+        init.update({k: v for k, v in fresh.items() if k not in init})
     params = jax.tree_util.tree_map(jnp.asarray, _unflatten(init))
     if config.get("logits_via_embedding"):
         params["decoder"].pop("logits_dense", None)
@@ -295,11 +328,26 @@ def run_config(config: dict, bundle, log=print, steps_per_call: int = 1, final_s
                 "decoder_target_tokens": jnp.asarray(tgt, jnp.int32),
                 "decoder_loss_weights": jnp.asarray(tgt > 0, jnp.float32)}
 
+    orders = int(config.get("candidate_orders", 1))
+    relisted, unshuffled = {}, {}
+    for split in ("validation", "test"):
+        relisted[split], unshuffled[split] = candidate_orders(
+            bundle[f"{split}_inputs"], bundle[f"{split}_candidates"], orders, seed=0)
+    if orders > 1 and any(unshuffled.values()):
+        log(f"  {config.get('name')}: kept the shown order of {unshuffled} instructions whose "
+            "candidates are not each listed exactly once")
+
     def evaluate(params) -> dict:
-        scored = {}
-        for split in ("validation", "test"):
-            scored[split] = candidate_scores(model, params, bundle[f"{split}_inputs"],
-                                             bundle[f"{split}_candidates"])
+        per_order = {split: [candidate_scores(model, params, enc, bundle[f"{split}_candidates"])
+                             for enc in relisted[split]] for split in relisted}
+        result = metrics_of({split: np.mean(s, axis=0) for split, s in per_order.items()})
+        if orders > 1:
+            one = metrics_of({split: s[0] for split, s in per_order.items()})
+            result["one_order"] = {k: one[k] for k in ("valid_HR@1", "valid_NDCG@5", "HR@1", "NDCG@5",
+                                                        "prior_weight")}
+        return result
+
+    def metrics_of(scored: dict) -> dict:
         valid = {w: ranking_metrics(scored["validation"] + w * bundle["validation_prior"],
                                     bundle["validation_labels"])["NDCG@5"] for w in PRIOR_GRID}
         best = min(valid, key=lambda w: (-valid[w], abs(w), w))
@@ -350,7 +398,7 @@ def run_config(config: dict, bundle, log=print, steps_per_call: int = 1, final_s
     result = {"config": config, "train_s": round(train_s, 1), "examples": need,
               "distinct_training_records": int(len(inputs)), **evaluate(state.params),
               "curve": curve, "loss": losses, "device": str(jax.devices()[0].platform),
-              "steps_per_call": steps_per_call}
+              "steps_per_call": steps_per_call, "unshuffled": unshuffled if orders > 1 else {}}
     if final_state is not None:  # for tests: the trained state itself
         final_state.append(state)
     return result
@@ -371,7 +419,10 @@ def run(args) -> None:
         print(f"{config.get('name')}: validation HR@1 {result['valid_HR@1']:.4f} NDCG@5 "
               f"{result['valid_NDCG@5']:.4f}; test HR@1 {result['HR@1']:.4f} NDCG@5 {result['NDCG@5']:.4f} "
               f"(likelihood only {result['HR@1_likelihood']:.4f} / {result['NDCG@5_likelihood']:.4f}, "
-              f"w {result['prior_weight']}) in {result['train_s']} s", flush=True)
+              f"w {result['prior_weight']}) in {result['train_s']} s"
+              + ("; one order: test {HR@1:.4f} / {NDCG@5:.4f}, validation {valid_HR@1:.4f} / "
+                 "{valid_NDCG@5:.4f}".format(**result["one_order"]) if "one_order" in result else ""),
+              flush=True)
         if args.out:
             with open(args.out, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
