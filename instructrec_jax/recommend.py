@@ -19,6 +19,9 @@ training; more are scored with the type's matching (T2) instruction, which names
 where the format has no T2 type, in consecutive T3 instructions of --list-max candidates each
 whose scores are pooled. Every candidate is scored by the likelihood of its text as the target
 (`ranking.CandidateScorer`: one encoder pass per instruction), so only catalogue items can come out.
+With --candidate-orders K (as `instructrec eval --gin.CANDIDATE_ORDERS=K`), every listing (T3)
+instruction is also scored with its list in K - 1 seeded shuffles and each item's log-likelihood is
+the mean over the K orders; a matching (T2) instruction has no list and is scored once.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import gin
+import numpy as np
 
 from instructrec_jax import ranking
 
@@ -121,7 +126,8 @@ def rank_items(scorer: ranking.CandidateScorer, request: Request, candidates: Se
     t3, t2 = instruction_types(request)
     texts = [item_texts[c] for c in candidates]
     chunks: list[tuple[str, list[int]]] = []  # (inputs, candidate indices), each one instruction
-    if len(candidates) <= list_max or t2 is None:
+    listing = len(candidates) <= list_max or t2 is None  # T3 instructions; else one T2 (no list)
+    if listing:
         for start in range(0, len(candidates), list_max):
             idx = list(range(start, min(start + list_max, len(candidates))))
             inputs, template = build_instruction(t3, request, [texts[i] for i in idx], template_id)
@@ -130,8 +136,12 @@ def rank_items(scorer: ranking.CandidateScorer, request: Request, candidates: Se
         inputs, template = build_instruction(t2, request, (), None)
         chunks.append((inputs, list(range(len(candidates)))))
     targets = [[template.render_target(TemplateSlots(), texts[i]) for i in idx] for _, idx in chunks]
+    orders = None
+    if scorer.config.candidate_orders > 1:
+        orders = [listing_orders(scorer.config, t3, request, inputs, [texts[i] for i in idx], template_id)
+                  if listing else [(inputs, np.arange(len(idx)))] for inputs, idx in chunks]
     scored = scorer.score([inputs for inputs, _ in chunks], targets,
-                          [[candidates[i] for i in idx] for _, idx in chunks])
+                          [[candidates[i] for i in idx] for _, idx in chunks], orders=orders)
     rows = []
     for (_, idx), (sums, _, _, final) in zip(chunks, scored):
         rows.extend((float(final[k]), float(sums[k]), i) for k, i in enumerate(idx))
@@ -139,6 +149,23 @@ def rank_items(scorer: ranking.CandidateScorer, request: Request, candidates: Se
     rows.sort(key=lambda r: (-r[0], r[2]))
     return [Recommendation(rank + 1, candidates[i], texts[i], score, ll)
             for rank, (score, ll, i) in enumerate(rows[:top] if top else rows)]
+
+
+def listing_orders(config: ranking.ScoringConfig, type_name: str, request: Request, inputs: str,
+                   texts: Sequence[str], template_id: str | None = None) -> list[tuple[str, np.ndarray]]:
+    """(input, order) pairs of one listing instruction for `CandidateScorer.score(orders=...)`: the
+    shown input with the identity, then `config.candidate_orders - 1` shuffles seeded by
+    `config.candidate_order_seed` and the input text (as `CandidateScorer.candidate_orders_of`),
+    each rebuilt with its list in that order; `order[j]` = index of the candidate listed j-th."""
+    shown = [(inputs, np.arange(len(texts)))]
+    if config.candidate_orders == 1 or len(texts) < 2:
+        return shown
+    rng = np.random.default_rng([config.candidate_order_seed, zlib.crc32(inputs.encode("utf-8"))])
+    for _ in range(config.candidate_orders - 1):
+        order = rng.permutation(len(texts))
+        shuffled, _ = build_instruction(type_name, request, [texts[k] for k in order], template_id)
+        shown.append((shuffled, order))
+    return shown
 
 
 def candidate_pool(spec: str, data, request: Request, *, include_seen: bool = False) -> list[str]:
@@ -267,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--without-eos", action="store_true",
                         help="score candidates without their EOS (models trained with prepare --train-next-items)")
     parser.add_argument("--include-seen", action="store_true", help="keep the history's items as candidates")
+    parser.add_argument("--candidate-orders", type=int, default=1,
+                        help="K: mean log-likelihood over the listed order and K - 1 shuffles of each list")
+    parser.add_argument("--candidate-order-seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     gin_flags.add_gin_arguments(parser)
     args = parser.parse_args(gin_flags.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv)))
@@ -284,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = [params, *load_ensemble_params(args.checkpoint[1:], model, start=1)]
         tokenizer = load_vocabulary(path / read_manifest(path).get("vocabulary", "spiece.model"))
         scorer = ranking.CandidateScorer(model, params, tokenizer, ranking.ScoringConfig(
-            reduction=args.scoring, score_eos=not args.without_eos))
+            reduction=args.scoring, score_eos=not args.without_eos, candidate_orders=args.candidate_orders,
+            candidate_order_seed=args.candidate_order_seed), item_texts=item_texts)
         ranked = rank_items(scorer, request, candidates, item_texts, list_max=args.list_max,
                             template_id=args.template, top=args.top)
     except (ValueError, KeyError, FileNotFoundError) as error:

@@ -1,6 +1,7 @@
 """`instructrec recommend`: instruction type from what was given, candidate sources, known-score
 ranking, and the command end to end on a small prepared dataset with a random checkpoint."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -86,9 +87,10 @@ def test_ranking_by_known_scores_with_listed_and_catalogue_wide_instructions():
     seen = []
     original = scorer.score
 
-    def spy(inputs, targets, items=None):
+    def spy(inputs, targets, items=None, orders=None):
+        assert orders is None  # one order unless asked for
         seen.append(list(inputs))
-        return original(inputs, targets, items)
+        return original(inputs, targets, items, orders)
 
     scorer.score = spy
     req = recommend.Request(("i000",), ("Heat",))
@@ -108,6 +110,43 @@ def test_ranking_by_known_scores_with_listed_and_catalogue_wide_instructions():
     pref = recommend.Request(("i000",), ("Heat",), preference="likes short titles")
     ranked = recommend.rank_items(scorer, pref, sorted(TEXTS)[:12], TEXTS, list_max=5, top=None)
     assert len(seen[-1]) == 3 and len(ranked) == 12
+
+
+def test_candidate_orders_score_each_item_by_its_mean_over_re_listed_instructions():
+    """--candidate-orders K: each listing instruction is rebuilt with its list shuffled K - 1 times;
+    an item's log-likelihood is the mean of its scores under the K instructions (the real tiny
+    model, for which the order matters); a matching (T2) instruction is scored once."""
+    model, params = tiny_model_and_params()
+    config = ranking.ScoringConfig(batch_size=4, candidate_orders=3, candidate_order_seed=5)
+    scorer = ranking.CandidateScorer(model, params, CharTokenizer(), config, item_texts=TEXTS)
+    plain = ranking.CandidateScorer(model, params, CharTokenizer(), ranking.ScoringConfig(batch_size=4))
+    req = recommend.Request(("i000",), ("Heat",))
+    cands = ["i012", "i001", "i007", "i003"]
+    ranked = recommend.rank_items(scorer, req, cands, TEXTS, list_max=20, top=None)
+    shown, _ = recommend.build_instruction("p1_i0_t3", req, [TEXTS[c] for c in cands])
+    pairs = recommend.listing_orders(config, "p1_i0_t3", req, shown, [TEXTS[c] for c in cands])
+    assert len(pairs) == 3 and pairs[0][0] == shown
+    for text, order in pairs[1:]:
+        assert sorted(order.tolist()) == [0, 1, 2, 3]
+        assert text == recommend.build_instruction("p1_i0_t3", req, [TEXTS[cands[k]] for k in order])[0]
+    assert len({text for text, _ in pairs}) > 1
+    targets = [TEXTS[c] for c in cands]
+    each = plain.log_likelihoods([text for text, _ in pairs], [targets] * 3)
+    mean = np.mean([sums for sums, _ in each], axis=0)
+    got = {r.item_id: r.log_likelihood for r in ranked}
+    np.testing.assert_allclose([got[c] for c in cands], mean, rtol=1e-6, atol=1e-6)
+    assert max(abs(got[c] - each[0][0][k]) for k, c in enumerate(cands)) > 1e-4  # not the shown order's
+    assert [r.item_id for r in ranked] == [cands[k] for k in np.argsort(-mean, kind="stable")]
+    # seeded: the same ranking again, another seed other orders
+    again = recommend.rank_items(scorer, req, cands, TEXTS, list_max=20, top=None)
+    assert [(r.item_id, r.log_likelihood) for r in again] == [(r.item_id, r.log_likelihood) for r in ranked]
+    other = dataclasses.replace(config, candidate_order_seed=6)
+    assert [t for t, _ in recommend.listing_orders(other, "p1_i0_t3", req, shown, targets)] != [t for t, _ in pairs]
+    # more candidates than list_max: one matching instruction, scored once, as with one order
+    wide = recommend.rank_items(scorer, req, sorted(TEXTS)[:8], TEXTS, list_max=5, top=None)
+    once = recommend.rank_items(plain, req, sorted(TEXTS)[:8], TEXTS, list_max=5, top=None)
+    assert [r.item_id for r in wide] == [r.item_id for r in once]
+    assert [r.log_likelihood for r in wide] == pytest.approx([r.log_likelihood for r in once], rel=1e-6)
 
 
 def test_command_end_to_end(tmp_path_factory, capsys):
@@ -164,3 +203,13 @@ def test_command_end_to_end(tmp_path_factory, capsys):
     assert recommend.main(["--checkpoint", str(checkpoint), "--checkpoint", missing, "--dataset", str(path),
                            "--user", "1000", "--candidates", "baseline:popularity:8"]) == 1
     assert f"checkpoint 1 of the ensemble ({missing}):" in capsys.readouterr().err
+    # --candidate-orders: the same 8 items, each scored over 3 orders of the list (other values)
+    assert recommend.main(["--checkpoint", str(checkpoint), "--dataset", str(path), "--user", "1000",
+                           "--candidates", "baseline:popularity:8", "--top", "8", "--json",
+                           "--candidate-orders", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert {r["item_id"] for r in rows} == set(by_run["a"])
+    assert any(abs(r["log_likelihood"] - by_run["a"][r["item_id"]]) > 1e-4 for r in rows)
+    assert recommend.main(["--checkpoint", str(checkpoint), "--dataset", str(path), "--user", "1000",
+                           "--candidates", "baseline:popularity:8", "--candidate-orders", "0"]) == 1
+    assert "candidate_orders must be >= 1" in capsys.readouterr().err
