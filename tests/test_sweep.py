@@ -31,6 +31,9 @@ def test_committed_screen_configs_use_known_keys_and_misspelt_ones_are_refused()
         sweep.check_configs([{"name": "a", "lr": 0.01}, {"name": "b", "dropuot": 0.1}])
     with pytest.raises(SystemExit, match="a JSON list of objects"):
         sweep.check_configs({"name": "a"})
+    for bad in (0, 2.5, "4", True):
+        with pytest.raises(SystemExit, match="config 0 \\('k'\\): candidate_orders must be an integer >= 1"):
+            sweep.check_configs([{"name": "k", "candidate_orders": bad}])
 
 
 def test_shards_split_the_configs_without_overlap_and_bad_shards_are_refused():

@@ -85,6 +85,10 @@ def check_configs(configs) -> None:
         if unknown:
             raise SystemExit(f"config {i} ({config.get('name')!r}): unknown keys {unknown}; "
                              f"known: {', '.join(CONFIG_KEYS)}")
+        orders = config.get("candidate_orders", 1)
+        if not isinstance(orders, int) or isinstance(orders, bool) or orders < 1:
+            raise SystemExit(f"config {i} ({config.get('name')!r}): candidate_orders must be an "
+                             f"integer >= 1 (1: the shown order only), got {orders!r}")
 
 
 def parse_shard(value: str) -> tuple[int, int]:
