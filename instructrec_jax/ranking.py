@@ -220,6 +220,14 @@ def full_pass_scores(model, params, encoder_tokens, decoder_targets):
     return model.score_batch(params, batch)
 
 
+def shuffled_orders(config: ScoringConfig, inputs: str, count: int) -> list[np.ndarray]:
+    """The `config.candidate_orders - 1` shuffles of a `count`-candidate list that an instruction
+    with text `inputs` is also scored with: a pure function of `candidate_order_seed` and the text
+    (so a score does not depend on batching); `order[j]` = index of the candidate listed j-th."""
+    rng = np.random.default_rng([config.candidate_order_seed, zlib.crc32(inputs.encode("utf-8"))])
+    return [rng.permutation(count) for _ in range(config.candidate_orders - 1)]
+
+
 class CandidateScorer:
     """Scores candidate target strings for instruction inputs with one model and one set of params,
     or with several (a list of parameter trees: an ensemble, see the module docstring)."""
@@ -357,10 +365,7 @@ class CandidateScorer:
         if (orders == 1 or len(record.candidates) < 2
                 or not base_type(record.instruction_type).has_candidates):
             return shown  # nothing to reorder, or no list in the input (e.g. matching, T2)
-        rng = np.random.default_rng([self.config.candidate_order_seed,
-                                     zlib.crc32(record.inputs.encode("utf-8"))])
-        for _ in range(orders - 1):
-            order = rng.permutation(len(record.candidates))
+        for order in shuffled_orders(self.config, record.inputs, len(record.candidates)):
             shown.append((relisted_inputs(record, [record.candidates[k] for k in order], self.item_texts),
                           order))
         return shown

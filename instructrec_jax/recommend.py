@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -155,14 +154,12 @@ def listing_orders(config: ranking.ScoringConfig, type_name: str, request: Reque
                    texts: Sequence[str], template_id: str | None = None) -> list[tuple[str, np.ndarray]]:
     """(input, order) pairs of one listing instruction for `CandidateScorer.score(orders=...)`: the
     shown input with the identity, then `config.candidate_orders - 1` shuffles seeded by
-    `config.candidate_order_seed` and the input text (as `CandidateScorer.candidate_orders_of`),
+    `config.candidate_order_seed` and the input text (`ranking.shuffled_orders`, as eval),
     each rebuilt with its list in that order; `order[j]` = index of the candidate listed j-th."""
     shown = [(inputs, np.arange(len(texts)))]
     if config.candidate_orders == 1 or len(texts) < 2:
         return shown
-    rng = np.random.default_rng([config.candidate_order_seed, zlib.crc32(inputs.encode("utf-8"))])
-    for _ in range(config.candidate_orders - 1):
-        order = rng.permutation(len(texts))
+    for order in ranking.shuffled_orders(config, inputs, len(texts)):
         shuffled, _ = build_instruction(type_name, request, [texts[k] for k in order], template_id)
         shown.append((shuffled, order))
     return shown
